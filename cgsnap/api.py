@@ -1,0 +1,176 @@
+"""The library API: create and delete snapshot sets (what the CLI and, later,
+the REST service call).  Each call runs one flow from :mod:`cgsnap.flows` in a
+TaskFlow engine with SQL persistence, under the instance's lock.
+"""
+
+import contextlib
+import functools
+import uuid
+
+from oslo_log import log as logging
+from taskflow import engines, states
+from taskflow import exceptions as tf_exc
+from taskflow.persistence import backends as tf_backends
+from taskflow.persistence import models
+
+from cgsnap import catalog as catalog_mod
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, lock, manifest, naming, state
+from cgsnap.conf import CONF
+from cgsnap.flows import create as create_flows
+from cgsnap.flows import delete as delete_flows
+
+LOG = logging.getLogger(__name__)
+
+
+def catalog():
+    return catalog_mod.Catalog(state.catalog_url())
+
+
+@functools.cache
+def _persistence(url):
+    backend = tf_backends.fetch({"connection": url})
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.upgrade()
+    return backend
+
+
+def persistence_backend():
+    url = state.persistence_url()
+    try:
+        return _persistence(url)
+    except Exception as e:
+        raise exception.ConfigError(f"cannot open the flow store {url}: {e}") from None
+
+
+def _run(factory, store, book_name, on_failure=None):
+    """Run ``factory()`` with persistence; re-raise the first task failure as
+    it was raised (a CgsnapError keeps its exit code)."""
+    backend = persistence_backend()
+    book = models.LogBook(book_name)
+    engine = engines.load_from_factory(factory, store=store, backend=backend, book=book,
+                                       engine="serial")
+    try:
+        engine.run()
+    except tf_exc.WrappedFailure as wrapped:
+        first = next(iter(wrapped))
+        if on_failure:
+            on_failure(engine)
+        if first.exception is not None:
+            raise first.exception from None
+        raise exception.CgsnapError(first.exception_str) from None
+    except BaseException:
+        if on_failure:
+            on_failure(engine)
+        raise
+    return engine
+
+
+def _options(**kwargs):
+    opts = {k: v for k, v in kwargs.items() if v is not None}
+    opts["exclude_volumes"] = sorted(set(opts.get("exclude_volumes") or ()))
+    return opts
+
+
+def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volumes=(),
+                        exclude_root=False, allow_crash_consistent=None, timeout=None,
+                        idempotency_key=None):
+    """Take one instance-level snapshot set; return its manifest.
+
+    Raises a :class:`~cgsnap.exception.CgsnapError` (with its exit code) on
+    failure, after the flow reverted: guest thawed, members deleted, manifest
+    ``failed``.  :class:`~cgsnap.exception.CleanupIncomplete` means the revert
+    could not remove everything; the message names what is left.
+    """
+    drv = drivers_mod.get()
+    instance = drv.hypervisor.get_instance(instance_ref)
+    if name is not None:
+        clean = naming.sanitize_set_name(name)
+        if clean is None:
+            raise exception.Refused("--name has no printable characters")
+        name = clean
+    if allow_crash_consistent is None:
+        allow_crash_consistent = CONF.snapshot.allow_crash_consistent
+    options = _options(name=name, all_volumes=bool(all_volumes),
+                       exclude_volumes=list(exclude_volumes or ()),
+                       exclude_root=bool(exclude_root),
+                       allow_crash_consistent=bool(allow_crash_consistent),
+                       idempotency_key=idempotency_key,
+                       freeze_timeout=timeout or CONF.libvirt.freeze_timeout,
+                       wait_timeout=CONF.snapshot.wait_timeout)
+    cat = catalog()
+    with lock.instance_lock(instance["id"], "create", CONF.lock_wait):
+        if idempotency_key:
+            existing = cat.by_idempotency_key(instance["id"], idempotency_key)
+            if existing and existing["status"] == manifest.STATUS_AVAILABLE:
+                return existing
+        set_id = naming.new_set_id()
+        store = {"instance_ref": instance["id"], "set_id": set_id, "options": options}
+
+        def _after_failure(engine):
+            _ensure_thawed(engine, drv, instance)
+
+        try:
+            _run(create_flows.create_flow, store, f"create-{set_id}", _after_failure)
+        except exception.CgsnapError:
+            _verify_nothing_left(drv, set_id)
+            raise
+        except KeyboardInterrupt:
+            _verify_nothing_left(drv, set_id)
+            raise exception.Interrupted(f"interrupted; set {set_id} was reverted") from None
+        return cat.get(set_id)
+
+
+def _ensure_thawed(engine, drv, instance):
+    """Second line of defence: if the freeze may have happened, thaw again.
+
+    FreezeGuest.revert already thaws; this covers an engine stopped by an
+    exception that bypassed the reverts (KeyboardInterrupt, a bug)."""
+    try:
+        atom_state = engine.storage.get_atom_state("FreezeGuest")
+    except Exception:
+        atom_state = None
+    if atom_state in (None, states.PENDING):
+        return
+    try:
+        n = drv.hypervisor.thaw(instance["id"])
+        if n:
+            LOG.warning("safety net thawed %d filesystems of %s", n, instance["name"])
+    except Exception as e:
+        LOG.error("safety net could not thaw %s: %s", instance["name"], e)
+
+
+def _verify_nothing_left(drv, set_id):
+    """After a failed create, prove that no member of the set survived."""
+    try:
+        left = drv.volumes.list_snapshots(set_id) if drv.volumes else []
+    except exception.CgsnapError as e:
+        raise exception.CleanupIncomplete(
+            f"could not verify the cleanup of set {set_id}: {e}") from None
+    if left:
+        raise exception.CleanupIncomplete(
+            f"set {set_id} failed and {len(left)} member snapshot(s) could not be deleted: "
+            + ", ".join(s["id"] for s in left) + " (run 'cgsnap delete " + set_id + "')")
+
+
+def delete_snapshot_set(set_id_or_prefix):
+    """Delete every member of a set, then its manifest."""
+    cat = catalog()
+    doc = cat.find(set_id_or_prefix)
+    with lock.instance_lock(doc["instance_id"], "delete", CONF.lock_wait):
+        _run(delete_flows.delete_flow, {"set_id": doc["id"]},
+             f"delete-{doc['id']}-{uuid.uuid4().hex[:8]}")
+    return doc
+
+
+def list_snapshot_sets(instance_ref=None, status=None):
+    instance_id = None
+    if instance_ref:
+        from cgsnap.drivers.libvirt_driver import is_uuid
+        instance_id = instance_ref if is_uuid(instance_ref) else \
+            drivers_mod.get().hypervisor.get_instance(instance_ref)["id"]
+    return catalog().list(instance_id=instance_id, status=status)
+
+
+def show_snapshot_set(set_id_or_prefix):
+    return catalog().find(set_id_or_prefix)

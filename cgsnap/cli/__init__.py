@@ -1,0 +1,1 @@
+"""The ``cgsnap`` command line: an optional layer over :mod:`cgsnap.api`."""

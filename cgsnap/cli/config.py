@@ -1,0 +1,66 @@
+"""Configuration for the CLI: find the config file, parse it, set up logging.
+
+Search order (the first that exists wins), unless ``--config-file`` is given:
+``$CGSNAP_CONFIG``, ``./cgsnap.conf``, then oslo.config's standard places
+(``~/.cgsnap/cgsnap.conf``, ``~/cgsnap.conf``, ``/etc/cgsnap/cgsnap.conf``,
+``/etc/cgsnap.conf``).
+"""
+
+import os
+import sys
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from cgsnap import exception, progress
+from cgsnap.conf import CONF
+
+logging.register_options(CONF)
+
+
+def default_config_files():
+    env = os.environ.get("CGSNAP_CONFIG")
+    if env:
+        return [env]
+    if os.path.isfile("cgsnap.conf"):
+        return [os.path.abspath("cgsnap.conf")]
+    return cfg.find_config_files(project="cgsnap")[:1]
+
+
+def load(args, stderr=sys.stderr):
+    files = args.config_file or default_config_files()
+    for path in files:
+        if not os.path.isfile(path):
+            raise exception.ConfigError(f"config file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise exception.ConfigError(f"config file not readable: {path}")
+    try:
+        CONF([], project="cgsnap", default_config_files=files, validate_default_values=True)
+    except (cfg.ConfigFilesNotFoundError, cfg.ConfigFilesPermissionDeniedError,
+            cfg.ConfigFileParseError, cfg.ConfigFileValueError, ValueError) as e:
+        raise exception.ConfigError(f"bad configuration: {str(e).splitlines()[0]}") from None
+    if args.os_cloud:
+        CONF.set_override("cloud", args.os_cloud, group="openstack")
+    _setup_logging(args)
+    if stderr.isatty():
+        progress.set_reporter(lambda msg: stderr.write(f"\r{msg}\033[K") or stderr.flush())
+
+
+def _setup_logging(args):
+    """Logs go to <state_dir>/cgsnap.log unless configured; stderr gets them
+    only with -v/--debug, so a failure prints exactly one line."""
+    from cgsnap import state
+    if args.debug:
+        CONF.set_override("debug", True)
+    if args.verbose or args.debug:
+        CONF.set_override("use_stderr", True)
+    elif not CONF.log_file and not CONF.log_dir:
+        try:
+            CONF.set_override("log_file", os.path.join(state.state_dir(), "cgsnap.log"))
+        except exception.ConfigError:
+            pass
+        CONF.set_override("use_stderr", False)
+    try:
+        logging.setup(CONF, "cgsnap")
+    except OSError as e:
+        raise exception.ConfigError(f"cannot open the log file: {e}") from None

@@ -1,0 +1,180 @@
+"""``cgsnap``: instance-level, consistency-group snapshots of virtual machines.
+
+Exit codes are documented in :mod:`cgsnap.exception` and README.md.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+from cgsnap import __version__, exception
+from cgsnap.cli import output
+
+DESCRIPTION = """\
+Take consistent snapshots of a whole virtual machine: freeze the guest's
+filesystems through the QEMU guest agent, snapshot the root disk and every
+attached Cinder volume in parallel, thaw, and record one manifest.  Any
+failure reverts everything: the guest is thawed and partial snapshots are
+deleted.
+
+Configuration is read from ./cgsnap.conf, ~/.cgsnap/cgsnap.conf,
+/etc/cgsnap/cgsnap.conf (first found) or --config-file; OpenStack
+credentials from clouds.yaml (--os-cloud) or OS_* variables."""
+
+EPILOG = """\
+exit codes:
+  0 success             5 guest could not be frozen   9 manifest integrity error
+  1 internal error      6 member snapshot failed     10 revert left something behind
+  2 bad command line    7 instance busy (locked)    130 interrupted
+  3 not found           8 config / credentials / endpoint error
+  4 refused by a pre-check (nothing was frozen or created)"""
+
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-f", "--format", choices=output.FORMATS, default="table",
+                        help="output format (default: table)")
+
+    p = argparse.ArgumentParser(
+        prog="cgsnap", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"cgsnap {__version__}")
+    p.add_argument("--config-file", action="append", metavar="PATH",
+                   help="configuration file (repeatable; replaces the default search)")
+    p.add_argument("--os-cloud", metavar="NAME", help="cloud name in clouds.yaml")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    p.add_argument("--debug", action="store_true", help="debug logging to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser(
+        "create", parents=[common], help="snapshot an instance as one consistent set",
+        description="Freeze INSTANCE, snapshot its root disk (and with --all-volumes every "
+                    "attached volume) in parallel, thaw, and record the manifest.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    c.add_argument("instance", metavar="INSTANCE", help="libvirt domain name or UUID")
+    c.add_argument("--all-volumes", action="store_true",
+                   help="include every attached Cinder volume (default: root disk only)")
+    c.add_argument("--name", help="name of the set (default: <instance>-<UTC time>)")
+    c.add_argument("--exclude-volume", action="append", default=[], metavar="VOLUME_ID",
+                   help="leave this attached volume out (repeatable)")
+    c.add_argument("--exclude-root", action="store_true",
+                   help="leave the root disk out (e.g. an image-backed root)")
+    q = c.add_mutually_exclusive_group()
+    q.add_argument("--require-quiesce", dest="allow_crash", action="store_false",
+                   default=None,
+                   help="fail if the guest agent cannot freeze the guest (the default)")
+    q.add_argument("--allow-crash-consistent", dest="allow_crash", action="store_true",
+                   help="if the guest agent does not answer, take a crash-consistent set")
+    c.add_argument("--timeout", type=float, metavar="S",
+                   help="longest freeze in seconds (default: [libvirt]freeze_timeout)")
+    c.add_argument("--idempotency-key", metavar="KEY",
+                   help="a retried call with the same key returns the set already made")
+
+    ls = sub.add_parser("list", parents=[common], help="list snapshot sets")
+    ls.add_argument("--instance", metavar="INSTANCE", help="only this instance (name or UUID)")
+    ls.add_argument("--status", help="only sets in this status (available, failed, ...)")
+
+    sh = sub.add_parser("show", parents=[common],
+                        help="show one set's manifest (checksum verified)")
+    sh.add_argument("set_id", metavar="SNAPSHOT_SET_ID", help="set id (or a unique 8+ prefix)")
+
+    d = sub.add_parser("delete", help="delete sets: every member, then the manifest")
+    d.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
+    return p
+
+
+def _summary(doc):
+    fr = doc.get("freeze") or {}
+    rows = [
+        ("id", doc["id"]), ("name", doc["name"]), ("instance", doc.get("instance_name")),
+        ("instance_id", doc["instance_id"]), ("status", doc["status"]),
+        ("status_reason", doc.get("status_reason")), ("consistency", doc.get("consistency")),
+        ("freeze_window_s", fr.get("window_s")),
+        ("filesystems_frozen", fr.get("filesystems_frozen")),
+        ("created_at", doc["created_at"]), ("root_excluded", doc.get("root_excluded")),
+    ]
+    for m in doc["members"]:
+        ref = m.get("snapshot_id") or m.get("image_id") or "-"
+        rows.append((f"member {m['device']}",
+                     f"{m['role']} {m['kind']} {ref} {m['status']} {m['name']}"))
+    rows.append(("checksum", doc["checksum"]))
+    return rows
+
+
+LIST_COLUMNS = ["id", "name", "instance", "status", "consistency", "members",
+                "freeze_window_s", "created_at"]
+
+
+def _list_row(doc):
+    return [doc["id"], doc["name"], doc.get("instance_name") or doc["instance_id"],
+            doc["status"], doc.get("consistency"), len(doc["members"]),
+            (doc.get("freeze") or {}).get("window_s"), doc["created_at"]]
+
+
+def _on_signal(signum, _frame):
+    raise exception.Interrupted(f"interrupted by signal {signum}; reverting")
+
+
+def run(argv=None, stdout=None, stderr=None):
+    """Run the CLI; return the exit code (never raises for expected errors)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code or 0)
+    try:
+        from cgsnap.cli import config as cli_config
+        cli_config.load(args, stderr)
+        from cgsnap import api  # imported after config: drivers read it
+        if args.command == "create":
+            doc = api.create_snapshot_set(
+                args.instance, name=args.name, all_volumes=args.all_volumes,
+                exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
+                allow_crash_consistent=args.allow_crash, timeout=args.timeout,
+                idempotency_key=args.idempotency_key)
+            output.emit_doc(args.format, doc, stdout, _summary(doc))
+        elif args.command == "list":
+            docs = api.list_snapshot_sets(args.instance, args.status)
+            output.emit_list(args.format, LIST_COLUMNS, [_list_row(d) for d in docs], stdout)
+        elif args.command == "show":
+            doc = api.show_snapshot_set(args.set_id)
+            output.emit_doc(args.format, doc, stdout, _summary(doc))
+        elif args.command == "delete":
+            rc = exception.EXIT_OK
+            for set_id in args.set_ids:
+                try:
+                    doc = api.delete_snapshot_set(set_id)
+                    stdout.write(f"deleted {doc['id']} ({len(doc['members'])} members)\n")
+                except exception.CgsnapError as e:
+                    stderr.write(f"cgsnap: error: {e}\n")
+                    rc = e.exit_code
+            return rc
+        return exception.EXIT_OK
+    except exception.CgsnapError as e:
+        stderr.write(f"cgsnap: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        stderr.write("cgsnap: error: interrupted\n")
+        return exception.EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line here, the traceback in the log
+        import logging
+        logging.getLogger("cgsnap").exception("unexpected error")
+        stderr.write(f"cgsnap: error: internal error: {type(e).__name__}: {e} "
+                     "(details in the log file; please report)\n")
+        return exception.EXIT_ERROR
+
+
+def main():
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        sys.exit(run())
+    except BrokenPipeError:  # e.g. `cgsnap list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(exception.EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""oslo.config options, one module per group (the Nova ``nova/conf`` layout).
+
+``CONF`` is the process-wide config object; :func:`register_opts` is called on
+import.  :func:`list_opts` feeds ``oslo-config-generator`` (see
+``etc/cgsnap/cgsnap-config-generator.conf`` and ``tox -e genconfig``).
+"""
+
+from oslo_config import cfg
+
+from cgsnap.conf import default, libvirt, openstack, snapshot
+
+CONF = cfg.CONF
+
+_MODULES = (default, libvirt, openstack, snapshot)
+
+
+def register_opts(conf):
+    for mod in _MODULES:
+        mod.register_opts(conf)
+
+
+def list_opts():
+    out = []
+    for mod in _MODULES:
+        out.extend(mod.list_opts())
+    return out
+
+
+register_opts(CONF)

@@ -1,0 +1,29 @@
+"""[DEFAULT] options: where cgsnap keeps its state."""
+
+from oslo_config import cfg
+
+opts = [
+    cfg.StrOpt("state_dir", default="~/.local/state/cgsnap",
+               help="Directory for cgsnap's catalog, flow logbooks and per-instance lock files. "
+                    "'~' is expanded. Must be on a local filesystem (locks use flock)."),
+    cfg.StrOpt("catalog_connection",
+               help="SQLAlchemy URL of the manifest catalog. Default: SQLite file "
+                    "<state_dir>/catalog.db. Any SQLAlchemy URL works, e.g. "
+                    "postgresql+psycopg2://user@127.0.0.1/cgsnap.",
+               secret=True),
+    cfg.StrOpt("persistence_connection",
+               help="SQLAlchemy URL of the TaskFlow logbook store (flow persistence). "
+                    "Default: SQLite file <state_dir>/flows.db.",
+               secret=True),
+    cfg.FloatOpt("lock_wait", default=0.0, min=0.0,
+                 help="Seconds to wait for another cgsnap operation on the same instance to "
+                      "finish before giving up with exit code 7. 0 means do not wait."),
+]
+
+
+def register_opts(conf):
+    conf.register_opts(opts)
+
+
+def list_opts():
+    return [(None, opts)]

@@ -1,0 +1,28 @@
+"""[libvirt] options: the hypervisor connection and the guest agent."""
+
+from oslo_config import cfg
+
+group = cfg.OptGroup("libvirt", title="libvirt hypervisor options")
+
+opts = [
+    cfg.StrOpt("uri", default="qemu:///system",
+               help="libvirt connection URI. 'test:///path/node.xml' selects libvirt's test "
+                    "driver (used by the demo and the fast tests)."),
+    cfg.IntOpt("agent_timeout", default=10, min=1,
+               help="Seconds every guest-agent command (ping, freeze, thaw) may take before "
+                    "libvirt gives up (virDomainAgentSetResponseTimeout)."),
+    cfg.FloatOpt("freeze_timeout", default=10.0, min=0.5,
+                 help="Longest time the guest may stay frozen, in seconds. The snapshot wait "
+                      "inside the freeze is cut at this deadline and the set fails, so the "
+                      "guest is thawed. Windows VSS itself holds writes for at most 10 s; Linux "
+                      "qemu-ga never thaws on its own."),
+]
+
+
+def register_opts(conf):
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)
+
+
+def list_opts():
+    return [(group, opts)]

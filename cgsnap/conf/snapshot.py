@@ -1,0 +1,35 @@
+"""[snapshot] options: how snapshot sets are taken."""
+
+from oslo_config import cfg
+
+group = cfg.OptGroup("snapshot", title="Snapshot-set options")
+
+opts = [
+    cfg.BoolOpt("allow_crash_consistent", default=False,
+                help="When the guest agent does not answer, take a crash-consistent set "
+                     "instead of failing. The manifest then records consistency=crash. "
+                     "A freeze that the agent attempts and fails is always an error."),
+    cfg.FloatOpt("wait_timeout", default=300.0, min=1.0,
+                 help="Deadline in seconds for member snapshots to become available when the "
+                      "guest is NOT frozen (crash-consistent sets). Frozen sets use "
+                      "[libvirt]freeze_timeout."),
+    cfg.FloatOpt("poll_initial_interval", default=0.05, min=0.01,
+                 help="First interval in seconds between status polls of the whole set. "
+                      "The interval doubles up to poll_max_interval."),
+    cfg.FloatOpt("poll_max_interval", default=1.0, min=0.05,
+                 help="Longest interval in seconds between status polls."),
+    cfg.IntOpt("max_parallel_creates", default=16, min=1,
+               help="Member snapshot creates issued concurrently inside the freeze window."),
+    cfg.FloatOpt("cleanup_timeout", default=300.0, min=1.0,
+                 help="Deadline in seconds for deleting members when a set is reverted or "
+                      "deleted."),
+]
+
+
+def register_opts(conf):
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)
+
+
+def list_opts():
+    return [(group, opts)]

@@ -1,0 +1,141 @@
+"""Cinder volume backend, through python-cinderclient on a keystoneauth session.
+
+Credentials come from clouds.yaml / ``OS_*`` variables the way the
+``openstack`` CLI reads them (``[openstack]`` options).  keystoneauth
+re-authenticates by itself when a token expires mid-flow.
+"""
+
+import json
+import os
+
+from cinderclient import api_versions
+from cinderclient import exceptions as cinder_exc
+from cinderclient.v3 import client as cinder_client
+from keystoneauth1 import exceptions as ks_exc
+
+from cgsnap import exception, faults, naming
+
+
+def _session_from_config(conf):
+    """A keystoneauth session for the configured cloud (clouds.yaml or OS_*)."""
+    import openstack.config  # imported lazily: it is the slowest import we have
+    from openstack import exceptions as sdk_exc
+
+    os_conf = conf.openstack
+    files = []
+    if os_conf.clouds_yaml:
+        path = os.path.expanduser(os_conf.clouds_yaml)
+        if not os.path.isfile(path):
+            raise exception.ConfigError(f"clouds.yaml not found: {path}")
+        files.append(path)
+    try:
+        loader = openstack.config.OpenStackConfig(config_files=files or None)
+        region = loader.get_one(cloud=os_conf.cloud or os.environ.get("OS_CLOUD"),
+                                region_name=os_conf.region_name)
+        session = region.get_session()
+    except (sdk_exc.ConfigException, ks_exc.ClientException) as e:
+        raise exception.ConfigError(f"OpenStack credentials: {e}") from None
+    session.timeout = os_conf.api_timeout
+    return session, region
+
+
+def _translate(err, what):
+    """Map client exceptions to cgsnap's one-line errors."""
+    if isinstance(err, cinder_exc.NotFound):
+        return exception.NotFound(f"{what}: not found")
+    if isinstance(err, cinder_exc.OverLimit):
+        return exception.SnapshotFailed(f"{what}: Cinder quota exceeded ({_msg(err)})")
+    if isinstance(err, (ks_exc.Unauthorized, cinder_exc.Unauthorized)):
+        return exception.ConfigError(f"{what}: authentication failed: {_msg(err)}")
+    if isinstance(err, (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
+                        ks_exc.EndpointNotFound, ks_exc.DiscoveryFailure)):
+        return exception.ConfigError(f"{what}: cannot reach Cinder: {_msg(err)}")
+    if isinstance(err, ks_exc.ClientException):
+        return exception.SnapshotFailed(f"{what}: {_msg(err)}")
+    if isinstance(err, cinder_exc.ClientException):
+        return exception.SnapshotFailed(f"{what}: Cinder said {err.code}: {_msg(err)}")
+    return None
+
+
+def _msg(err):
+    text = getattr(err, "message", None) or str(err)
+    return str(text).splitlines()[0] if text else type(err).__name__
+
+
+def _call(what, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (cinder_exc.ClientException, ks_exc.ClientException) as e:
+        raise _translate(e, what) from None
+
+
+def _snapshot_dict(s):
+    return {
+        "id": s.id, "name": s.name, "status": s.status, "volume_id": s.volume_id,
+        "size_gb": s.size, "metadata": dict(getattr(s, "metadata", None) or {}),
+        "created_at": getattr(s, "created_at", None),
+    }
+
+
+class CinderBackend:
+    """:class:`cgsnap.drivers.base.VolumeBackend` on Cinder v3."""
+
+    def __init__(self, session, api_version="3.71", region_name=None, interface=None):
+        self.client = cinder_client.Client(
+            session=session, api_version=api_versions.APIVersion(api_version),
+            region_name=region_name, interface=interface or "public")
+
+    @classmethod
+    def from_config(cls, conf):
+        session, region = _session_from_config(conf)
+        return cls(session, conf.openstack.volume_api_version,
+                   region_name=region.region_name, interface=region.interface)
+
+    def get_volume(self, volume_id):
+        faults.point("volume.get_volume")
+        v = _call(f"volume {volume_id}", self.client.volumes.get, volume_id)
+        return {
+            "id": v.id, "name": v.name, "status": v.status, "size_gb": v.size,
+            "attached_to": [a.get("server_id") for a in (v.attachments or [])],
+            "group_id": getattr(v, "group_id", None),
+        }
+
+    def get_limits(self):
+        faults.point("volume.get_limits")
+        absolute = {a.name: a.value for a in _call("Cinder limits", self.client.limits.get).absolute}
+        return {
+            "snapshots_max": absolute.get("maxTotalSnapshots", -1),
+            "snapshots_used": absolute.get("totalSnapshotsUsed", 0),
+            "gigabytes_max": absolute.get("maxTotalVolumeGigabytes", -1),
+            "gigabytes_used": absolute.get("totalGigabytesUsed", 0),
+        }
+
+    def create_snapshot(self, volume_id, name, metadata):
+        faults.point("volume.create_snapshot")
+        s = _call(f"snapshot of volume {volume_id}", self.client.volume_snapshots.create,
+                  volume_id, name=name, metadata=metadata,
+                  description=f"cgsnap member of set {metadata.get(naming.META_SET_ID)}")
+        faults.point("volume.create_snapshot.after")
+        return _snapshot_dict(s)
+
+    def list_snapshots(self, set_id):
+        faults.point("volume.list_snapshots")
+        found = _call("list snapshots", self.client.volume_snapshots.list, search_opts={
+            "metadata": json.dumps({naming.META_SET_ID: set_id})})
+        # Filter again client-side: never act on a snapshot that is not ours,
+        # even if the server ignored the filter.
+        return [_snapshot_dict(s) for s in found
+                if (s.metadata or {}).get(naming.META_SET_ID) == set_id]
+
+    def list_all_cgsnap_snapshots(self):
+        found = _call("list snapshots", self.client.volume_snapshots.list)
+        return [_snapshot_dict(s) for s in found if naming.META_SET_ID in (s.metadata or {})]
+
+    def delete_snapshot(self, snapshot_id):
+        faults.point("volume.delete_snapshot")
+        try:
+            self.client.volume_snapshots.delete(snapshot_id)
+        except cinder_exc.NotFound:
+            return
+        except (cinder_exc.ClientException, ks_exc.ClientException) as e:
+            raise _translate(e, f"delete snapshot {snapshot_id}") from None

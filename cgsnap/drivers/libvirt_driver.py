@@ -1,0 +1,162 @@
+"""libvirt hypervisor driver: domain discovery and guest-agent freeze/thaw.
+
+Connections are cached per URI per process.  That matters for libvirt's test
+driver (``test:///path/node.xml``), whose state (including the simulated
+freeze count) lives in one connection: the CLI, the flow and in-process tests
+then all see the same guest.
+"""
+
+import re
+import threading
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+from cgsnap import exception, faults
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                      r"[0-9a-fA-F]{12}$")
+_AGENT_ERRORS = {
+    getattr(libvirt, name) for name in (
+        "VIR_ERR_AGENT_UNRESPONSIVE", "VIR_ERR_AGENT_UNSYNCED", "VIR_ERR_OPERATION_UNSUPPORTED",
+        "VIR_ERR_NO_SUPPORT", "VIR_ERR_ARGUMENT_UNSUPPORTED", "VIR_ERR_OPERATION_TIMEOUT",
+        "VIR_ERR_AGENT_COMMAND_TIMEOUT", "VIR_ERR_AGENT_COMMAND_FAILED",
+    ) if hasattr(libvirt, name)
+}
+
+_conn_lock = threading.Lock()
+_conns = {}
+
+
+def _silence_libvirt(_ctx, _err):
+    """libvirt prints every error to stderr by default; we report them ourselves."""
+
+
+libvirt.registerErrorHandler(_silence_libvirt, None)
+
+
+def connection(uri):
+    with _conn_lock:
+        conn = _conns.get(uri)
+        if conn is not None:
+            try:
+                if conn.isAlive():
+                    return conn
+            except libvirt.libvirtError:
+                pass
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise exception.ConfigError(
+                f"cannot connect to libvirt at {uri}: {e.get_error_message()}") from None
+        _conns[uri] = conn
+        return conn
+
+
+def is_uuid(text):
+    return bool(_UUID_RE.match(text or ""))
+
+
+def parse_disks(domain_xml):
+    """Disks (device='disk' only) from a domain XML, root disk first."""
+    root = ET.fromstring(domain_xml)
+    disks = []
+    for el in root.findall("./devices/disk"):
+        if el.get("device", "disk") != "disk":
+            continue
+        target = el.find("target")
+        if target is None:
+            continue
+        src = el.find("source")
+        source = None
+        if src is not None:
+            source = (src.get("file") or src.get("dev") or src.get("name")
+                      or src.get("volume"))
+        drv = el.find("driver")
+        boot = el.find("boot")
+        serial = el.findtext("serial")
+        disks.append({
+            "device": target.get("dev"),
+            "bus": target.get("bus"),
+            "serial": serial.strip() if serial else None,
+            "source_type": el.get("type", "file"),
+            "source": source,
+            "format": drv.get("type") if drv is not None else None,
+            "boot_order": int(boot.get("order")) if boot is not None else None,
+            "root": False,
+        })
+    if disks:
+        # Root: the disk with the lowest boot order, else the first target name (vda/sda).
+        booted = [d for d in disks if d["boot_order"] is not None]
+        root_disk = (min(booted, key=lambda d: d["boot_order"]) if booted
+                     else min(disks, key=lambda d: (len(d["device"]), d["device"])))
+        root_disk["root"] = True
+        disks.sort(key=lambda d: (not d["root"], len(d["device"]), d["device"]))
+    return disks
+
+
+class LibvirtHypervisor:
+    """:class:`cgsnap.drivers.base.Hypervisor` on libvirt."""
+
+    def __init__(self, uri, agent_timeout=10):
+        self.uri = uri
+        self.agent_timeout = agent_timeout
+
+    @property
+    def conn(self):
+        return connection(self.uri)
+
+    def _domain(self, ref):
+        try:
+            if is_uuid(ref):
+                return self.conn.lookupByUUIDString(ref)
+            return self.conn.lookupByName(ref)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise exception.InstanceNotFound(
+                    f"no instance {ref!r} on {self.uri} (give a libvirt domain name or UUID)"
+                ) from None
+            raise exception.ConfigError(f"libvirt error looking up {ref!r}: "
+                                        f"{e.get_error_message()}") from None
+
+    def get_instance(self, ref):
+        dom = self._domain(ref)
+        faults.point("hypervisor.get_instance")
+        return {
+            "id": dom.UUIDString(),
+            "name": dom.name(),
+            "active": bool(dom.isActive()),
+            "disks": parse_disks(dom.XMLDesc(0)),
+        }
+
+    def _agent_call(self, instance_id, what, fn):
+        dom = self._domain(instance_id)
+        try:
+            dom.agentSetResponseTimeout(self.agent_timeout, 0)
+        except (libvirt.libvirtError, AttributeError):
+            pass  # best effort: not every driver (e.g. test://) supports it
+        try:
+            return fn(dom)
+        except libvirt.libvirtError as e:
+            code = e.get_error_code()
+            msg = f"guest agent {what} failed on {dom.name()}: {e.get_error_message()}"
+            if code in _AGENT_ERRORS:
+                raise exception.AgentUnreachable(msg) from None
+            raise exception.QuiesceFailed(msg) from None
+
+    def ping_agent(self, instance_id):
+        faults.point("hypervisor.ping_agent")
+        # guest-get-time is a cheap agent round trip available through the public API.
+        self._agent_call(instance_id, "ping", lambda dom: dom.getTime())
+
+    def freeze(self, instance_id):
+        faults.point("hypervisor.freeze")
+        n = self._agent_call(instance_id, "freeze", lambda dom: dom.fsFreeze())
+        faults.point("hypervisor.freeze.after")
+        return int(n)
+
+    def thaw(self, instance_id):
+        faults.point("hypervisor.thaw")
+        n = self._agent_call(instance_id, "thaw", lambda dom: dom.fsThaw())
+        faults.point("hypervisor.thaw.after")
+        return int(n)

@@ -1,0 +1,45 @@
+"""The create flow: one instance-level, consistency-group snapshot set.
+
+::
+
+    DiscoverInstance -> RecordSet -> CheckRootDisk -> CheckVolumes -> CheckQuota
+      -> CheckAgent -> CleanupVolumeSnapshots (revert-only)
+      -> FreezeGuest -> SnapshotVolumes -> ThawGuest        <- the freeze window
+      -> FinalizeSet
+
+Everything that can refuse the operation runs before FreezeGuest.  Inside the
+window there are only the snapshot creates and the wait for them.  A failure
+anywhere reverts in reverse order: thaw (FreezeGuest.revert), delete members
+(CleanupVolumeSnapshots.revert), mark the manifest failed (RecordSet.revert).
+
+Store inputs: ``instance_ref`` (name or UUID), ``set_id``, ``options`` (dict).
+"""
+
+from taskflow.patterns import linear_flow
+
+from cgsnap.tasks import catalog, hypervisor, volume
+
+FLOW_NAME = "cgsnap-create"
+REQUIRES = frozenset({"instance_ref", "set_id", "options"})
+PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "agent", "freeze",
+                      "volume_snapshots", "thaw", "result"})
+
+
+def create_flow(drivers=None):
+    """Build the create flow.  ``drivers`` is for tests; by default tasks use
+    :func:`cgsnap.drivers.get`."""
+    flow = linear_flow.Flow(FLOW_NAME)
+    flow.add(
+        hypervisor.DiscoverInstance(drivers),
+        catalog.RecordSet(drivers),
+        hypervisor.CheckRootDisk(drivers),
+        volume.CheckVolumes(drivers),
+        volume.CheckQuota(drivers),
+        hypervisor.CheckAgent(drivers),
+        volume.CleanupVolumeSnapshots(drivers),
+        hypervisor.FreezeGuest(drivers),
+        volume.SnapshotVolumes(drivers),
+        hypervisor.ThawGuest(drivers),
+        catalog.FinalizeSet(drivers),
+    )
+    return flow

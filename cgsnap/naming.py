@@ -1,0 +1,125 @@
+"""Correlated, deterministic names for snapshot-set members, and their metadata.
+
+A member name tells an operator at a glance which instance and which set a
+Cinder snapshot or Glance image belongs to, and it parses back::
+
+    cgsnap-<instance8>-<set8>-<role>-<device>
+    cgsnap-6695eb01-0c1f9a2e-vol-vdb
+
+``role`` is ``root`` or ``vol``; ``device`` is the guest target (vda, vdb, ...).
+Names are pure functions of (instance id, set id, role, device), so a re-run
+or a revert finds what an earlier attempt created.  Names never contain the
+user-given set name: that goes, sanitised, into the manifest and metadata.
+
+The metadata (Cinder snapshot metadata, Glance image properties) is the
+authoritative link from any member back to its set.
+"""
+
+import re
+import unicodedata
+import uuid
+from typing import NamedTuple, Optional
+
+PREFIX = "cgsnap"
+# Cinder limits names and metadata values to 255 characters, Glance to 255.
+MAX_NAME_LEN = 255
+MAX_SET_NAME_LEN = 128
+
+ROLE_ROOT = "root"
+ROLE_VOLUME = "volume"
+_ROLE_TAG = {ROLE_ROOT: "root", ROLE_VOLUME: "vol"}
+_TAG_ROLE = {v: k for k, v in _ROLE_TAG.items()}
+
+# Metadata keys carried by every member.
+META_SET_ID = "cgsnap_set_id"
+META_INSTANCE_ID = "cgsnap_instance_id"
+META_ROLE = "cgsnap_role"
+META_DEVICE = "cgsnap_device"
+META_SCHEMA_VERSION = "cgsnap_schema_version"
+META_SET_NAME = "cgsnap_set_name"
+
+_MEMBER_RE = re.compile(
+    r"^cgsnap-(?P<instance>[0-9a-f]{8})-(?P<set>[0-9a-f]{8})-(?P<role>root|vol)-(?P<device>[a-z0-9]{1,32})$"
+)
+_DEVICE_RE = re.compile(r"[^a-z0-9]")
+
+
+class MemberName(NamedTuple):
+    instance_short: str
+    set_short: str
+    role: str
+    device: str
+
+
+def short_id(any_id):
+    """First 8 hex digits of a UUID (dashes ignored), lower case."""
+    hexdigits = str(any_id).replace("-", "").lower()
+    if len(hexdigits) < 8 or not re.fullmatch(r"[0-9a-f]+", hexdigits[:8]):
+        raise ValueError(f"not a UUID-like id: {any_id!r}")
+    return hexdigits[:8]
+
+
+def sanitize_device(device):
+    dev = _DEVICE_RE.sub("", str(device).lower())[:32]
+    if not dev:
+        raise ValueError(f"device name {device!r} has no usable characters")
+    return dev
+
+
+def member_name(instance_id, set_id, role, device):
+    """The deterministic name of one member of a set."""
+    if role not in _ROLE_TAG:
+        raise ValueError(f"unknown member role {role!r}")
+    return "-".join(
+        (PREFIX, short_id(instance_id), short_id(set_id), _ROLE_TAG[role], sanitize_device(device))
+    )
+
+
+def parse_member_name(name) -> Optional[MemberName]:
+    """Parse a member name back; ``None`` if it is not one of ours."""
+    m = _MEMBER_RE.match(name or "")
+    if not m:
+        return None
+    return MemberName(m["instance"], m["set"], _TAG_ROLE[m["role"]], m["device"])
+
+
+def sanitize_set_name(name, limit=MAX_SET_NAME_LEN):
+    """Make a user-given ``--name`` safe to store and to show.
+
+    Unicode is kept (NFC-normalised); control and format characters are
+    dropped, whitespace runs become one space, and the result is cut to
+    ``limit`` characters.  Returns ``None`` when nothing printable is left.
+    """
+    if name is None:
+        return None
+    text = unicodedata.normalize("NFC", str(name))
+    text = "".join(" " if ch.isspace() else ch for ch in text
+                   if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    text = re.sub(r" +", " ", text).strip()[:limit].strip()
+    return text or None
+
+
+def default_set_name(instance_name, when):
+    """The name a set gets when the user gives none: ``<instance>-<UTC stamp>``."""
+    return sanitize_set_name(f"{instance_name}-{when.strftime('%Y%m%dT%H%M%SZ')}")
+
+
+def member_metadata(set_id, instance_id, role, device, schema_version, set_name=None):
+    """Metadata stored on a member (all values are strings, <= 255 chars)."""
+    meta = {
+        META_SET_ID: str(set_id),
+        META_INSTANCE_ID: str(instance_id),
+        META_ROLE: role,
+        META_DEVICE: sanitize_device(device),
+        META_SCHEMA_VERSION: str(schema_version),
+    }
+    if set_name:
+        meta[META_SET_NAME] = set_name[:MAX_NAME_LEN]
+    return meta
+
+
+def new_set_id(instance_id=None, idempotency_key=None):
+    """A fresh set id, or a stable one derived from an idempotency key."""
+    if idempotency_key:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cgsnap:{instance_id}:{idempotency_key}"))
+    return str(uuid.uuid4())

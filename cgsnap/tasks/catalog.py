@@ -1,0 +1,112 @@
+"""Tasks that touch cgsnap's own catalog of manifests."""
+
+from oslo_log import log as logging
+
+from cgsnap import catalog as catalog_mod
+from cgsnap import manifest as manifest_mod
+from cgsnap import naming, plan, state
+from cgsnap.tasks.base import CgsnapTask, failure_reason
+
+LOG = logging.getLogger(__name__)
+
+
+def _catalog():
+    return catalog_mod.Catalog(state.catalog_url())
+
+
+class RecordSet(CgsnapTask):
+    """Write the manifest (status ``creating``) with every member's
+    deterministic name, before any side effect on storage or the guest.
+
+    Its revert marks the manifest ``failed`` with the reason, which is why
+    it runs first: every later failure leaves a failed manifest behind.
+    """
+
+    default_provides = "manifest"
+
+    def execute(self, set_id, instance, options):
+        self.fault_point()
+        cat = _catalog()
+        try:  # safe to run twice: an earlier attempt's record is reused
+            return cat.get(set_id)
+        except Exception:
+            pass
+        members, skipped = plan.members(instance, set_id, options)
+        doc = manifest_mod.new(
+            set_id,
+            options.get("name") or naming.default_set_name(instance["name"], manifest_mod.utcnow()),
+            instance, members, options,
+            root_excluded=bool(options.get("exclude_root")),
+            excluded_volumes=options.get("exclude_volumes") or (),
+            skipped_disks=skipped,
+            hypervisor_uri=self.drivers.hypervisor.uri,
+            idempotency_key=options.get("idempotency_key"))
+        return cat.create(doc)
+
+    def revert(self, set_id, result, flow_failures=None, **kwargs):
+        reason = failure_reason(flow_failures)
+        try:
+            cat = _catalog()
+            doc = cat.get(set_id, verify=False)
+            doc["status"] = manifest_mod.STATUS_FAILED
+            doc["status_reason"] = reason[:1000]
+            doc["consistency"] = None
+            cat.save(doc)
+        except Exception as e:
+            LOG.error("revert: could not mark set %s failed: %s", set_id, e)
+
+
+class FinalizeSet(CgsnapTask):
+    """Mark the manifest ``available``: consistency, freeze window, members."""
+
+    default_provides = "result"
+
+    def execute(self, manifest, agent, freeze, thaw, volume_snapshots):
+        self.fault_point()
+        doc = dict(manifest)
+        by_name = {s["name"]: s for s in volume_snapshots}
+        members = []
+        for m in doc["members"]:
+            m = dict(m)
+            snap = by_name.get(m["name"])
+            if snap:
+                m.update(snapshot_id=snap["id"], status=snap["status"], size_gb=snap["size_gb"])
+            members.append(m)
+        doc["members"] = members
+        doc["status"] = manifest_mod.STATUS_AVAILABLE
+        doc["consistency"] = freeze["mode"]
+        doc["freeze"] = {
+            "started_at": freeze["started_at"], "ended_at": thaw["ended_at"],
+            "window_s": thaw["window_s"], "filesystems_frozen": freeze["frozen"],
+            "filesystems_thawed": thaw["thawed"],
+            "agent": "ok" if agent["reachable"] else "unreachable",
+        }
+        if not agent["reachable"]:
+            doc["status_reason"] = f"crash-consistent: {agent['error']}"
+        return _catalog().save(doc)
+
+
+class MarkSetDeleting(CgsnapTask):
+    """First step of a delete: status ``deleting``; its revert records
+    ``error_deleting`` with the reason so an operator sees what is stuck."""
+
+    default_provides = "manifest"
+
+    def execute(self, set_id):
+        self.fault_point()
+        return _catalog().update(set_id, status=manifest_mod.STATUS_DELETING, status_reason=None)
+
+    def revert(self, set_id, result, flow_failures=None, **kwargs):
+        try:
+            _catalog().update(set_id, status=manifest_mod.STATUS_ERROR_DELETING,
+                              status_reason=failure_reason(flow_failures)[:1000])
+        except Exception as e:
+            LOG.error("revert: could not mark set %s error_deleting: %s", set_id, e)
+
+
+class RemoveManifest(CgsnapTask):
+    """Last step of a delete: the members are gone, drop the manifest."""
+
+    def execute(self, set_id):
+        self.fault_point()
+        _catalog().delete(set_id)

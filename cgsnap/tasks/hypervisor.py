@@ -1,0 +1,110 @@
+"""Tasks that touch the guest through the hypervisor driver."""
+
+import time
+
+from oslo_log import log as logging
+
+from cgsnap import exception, manifest
+from cgsnap.tasks.base import CgsnapTask, is_failure
+
+LOG = logging.getLogger(__name__)
+
+
+class DiscoverInstance(CgsnapTask):
+    """Read the instance and its disks from the domain XML."""
+
+    default_provides = "instance"
+
+    def execute(self, instance_ref):
+        self.fault_point()
+        instance = self.drivers.hypervisor.get_instance(instance_ref)
+        if not instance["disks"]:
+            raise exception.Refused(f"instance {instance['name']} has no disks")
+        return instance
+
+
+class CheckRootDisk(CgsnapTask):
+    """Refuse an image-backed root before any freeze: its capture to Glance
+    needs a real hypervisor path (disk-only snapshot + upload) that this
+    hypervisor driver does not offer yet.  ``--exclude-root`` skips it."""
+
+    def execute(self, manifest):
+        self.fault_point()
+        for member in manifest["members"]:
+            if member["role"] == "root" and member["kind"] != "cinder-snapshot":
+                raise exception.Refused(
+                    f"root disk {member['device']} of instance {manifest['instance_name']} is "
+                    "image-backed; capturing it to Glance is not supported yet: use "
+                    "--exclude-root to snapshot only the volumes")
+
+
+class CheckAgent(CgsnapTask):
+    """Make sure the guest agent answers before we commit to freezing."""
+
+    default_provides = "agent"
+
+    def execute(self, instance, options):
+        self.fault_point()
+        if not instance["active"]:
+            if options.get("allow_crash_consistent"):
+                return {"reachable": False, "error": "instance is not running"}
+            raise exception.Refused(
+                f"instance {instance['name']} is not running, so it cannot be quiesced; "
+                "use --allow-crash-consistent to snapshot it anyway")
+        try:
+            self.drivers.hypervisor.ping_agent(instance["id"])
+        except exception.AgentUnreachable as e:
+            if options.get("allow_crash_consistent"):
+                LOG.warning("%s; taking a crash-consistent set as allowed", e)
+                return {"reachable": False, "error": str(e)}
+            raise exception.AgentUnreachable(
+                f"{e} (use --allow-crash-consistent to snapshot without a freeze)") from None
+        return {"reachable": True, "error": None}
+
+
+class FreezeGuest(CgsnapTask):
+    """Freeze the guest's filesystems.  Its revert thaws, on every path.
+
+    A freeze the agent attempts and fails is an error even with
+    ``--allow-crash-consistent``: a half-done freeze is a broken agent state,
+    not an unreachable agent (see Proxmox's experience with partial freezes).
+    """
+
+    default_provides = "freeze"
+
+    def execute(self, instance, agent):
+        self.fault_point()
+        if not agent["reachable"]:
+            return {"mode": manifest.CONSISTENCY_CRASH, "frozen": 0,
+                    "started_at": None, "started_mono": None}
+        started_at = manifest.isotime()
+        started = time.monotonic()
+        frozen = self.drivers.hypervisor.freeze(instance["id"])
+        return {"mode": manifest.CONSISTENCY_FILESYSTEM, "frozen": frozen,
+                "started_at": started_at, "started_mono": started}
+
+    def revert(self, instance, agent, result, **kwargs):
+        if not agent.get("reachable"):
+            return
+        if not is_failure(result) and not result.get("frozen"):
+            return
+        # A failed freeze may have frozen some filesystems: thaw anyway.
+        try:
+            thawed = self.drivers.hypervisor.thaw(instance["id"])
+            LOG.info("revert: thawed %s filesystems of %s", thawed, instance["name"])
+        except Exception as e:  # log and swallow: later reverts must still run
+            LOG.error("revert: could not thaw %s: %s", instance["name"], e)
+
+
+class ThawGuest(CgsnapTask):
+    """Thaw the guest once every member's point in time is taken."""
+
+    default_provides = "thaw"
+
+    def execute(self, instance, freeze):
+        self.fault_point()
+        if freeze["mode"] != manifest.CONSISTENCY_FILESYSTEM:
+            return {"ended_at": None, "window_s": None, "thawed": None}
+        thawed = self.drivers.hypervisor.thaw(instance["id"])
+        window = time.monotonic() - freeze["started_mono"]
+        return {"ended_at": manifest.isotime(), "window_s": round(window, 6), "thawed": thawed}

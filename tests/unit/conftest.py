@@ -1,0 +1,42 @@
+"""Unit fixtures: libvirt's test driver for the guest, the in-memory backend
+for storage."""
+
+import pytest
+
+from cgsnap import drivers, testing
+from cgsnap.drivers import libvirt_driver, memory
+
+
+class Guest:
+    """A test-driver guest with N in-memory volumes (volume-backed root)."""
+
+    def __init__(self, tmp_path, n_volumes=3, root_volume=True, name="guest1", **backend_kw):
+        self.backend = memory.MemoryVolumeBackend(**backend_kw)
+        self.id = testing.new_instance_id()
+        self.name = name
+        self.root_volume_id = (self.backend.add_volume(attached_to=[self.id], size_gb=2)
+                               if root_volume else None)
+        self.volume_ids = [self.backend.add_volume(attached_to=[self.id])
+                           for _ in range(n_volumes)]
+        self.uri = testing.write_node(
+            str(tmp_path / "node.xml"),
+            [testing.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
+        self.hypervisor = libvirt_driver.LibvirtHypervisor(self.uri)
+        drivers.override(drivers.DriverSet(self.hypervisor, self.backend))
+
+    @property
+    def domain(self):
+        return libvirt_driver.connection(self.uri).lookupByUUIDString(self.id)
+
+    def frozen_count(self):
+        """Filesystems still frozen (thaws them: use at the end of a test)."""
+        return self.domain.fsThaw()
+
+@pytest.fixture
+def guest(tmp_path):
+    return Guest(tmp_path)
+
+@pytest.fixture
+def make_guest(tmp_path):
+    return lambda **kw: Guest(tmp_path, **kw)
+
