@@ -68,3 +68,81 @@ def write_node(path, domains):
 
 def new_instance_id():
     return str(uuid.uuid4())
+
+
+class CinderLab:
+    """Provision real Cinder volumes attached to a (test-driver) instance.
+
+    Used by ``make demo`` and the functional tests against the dev cloud.
+    ``user`` does what a tenant does; ``admin`` changes quotas and forces
+    volume states for the failure tests.
+    """
+
+    def __init__(self, clouds_yaml, cloud="devcloud", admin_cloud="devcloud-admin",
+                 api_version="3.71"):
+        import openstack.config
+        from cinderclient import api_versions
+        from cinderclient.v3 import client as cinder_client
+
+        loader = openstack.config.OpenStackConfig(config_files=[clouds_yaml])
+
+        def _client(name):
+            region = loader.get_one(cloud=name)
+            return cinder_client.Client(session=region.get_session(),
+                                        api_version=api_versions.APIVersion(api_version),
+                                        region_name=region.region_name), region
+
+        self.user, region = _client(cloud)
+        self.admin, _ = _client(admin_cloud)
+        self.session = region.get_session()
+        self.project_id = self.session.get_project_id()
+
+    def _wait_volume(self, vid, status, deadline=60.0):
+        from cgsnap import wait
+        return wait.poll(lambda: self.user.volumes.get(vid),
+                         lambda v: v.status in (status, "error"), deadline, 0.05, 0.5,
+                         what=f"volume {vid} -> {status}")
+
+    def create_attached_volumes(self, instance_id, count, size_gb=1, prefix="cgsnap-test"):
+        """Create ``count`` volumes and attach them to ``instance_id`` (in-use)."""
+        vols = [self.user.volumes.create(size_gb, name=f"{prefix}-{i}") for i in range(count)]
+        ids = []
+        for v in vols:
+            v = self._wait_volume(v.id, "available")
+            if v.status != "available":
+                raise RuntimeError(f"volume {v.id} went to {v.status}")
+            self.attach(v.id, instance_id)
+            ids.append(v.id)
+        return ids
+
+    def attach(self, volume_id, instance_id):
+        att = self.user.attachments.create(volume_id, None, instance_id, mode="rw")
+        self.user.attachments.complete(att["id"] if isinstance(att, dict) else att.id)
+        self._wait_volume(volume_id, "in-use")
+
+    def detach_all(self, volume_id):
+        vol = self.admin.volumes.get(volume_id)
+        for a in vol.attachments or []:
+            try:
+                self.admin.attachments.delete(a["attachment_id"])
+            except Exception:
+                pass
+
+    def delete_volumes(self, volume_ids):
+        """Best-effort teardown: snapshots first, then attachments, then volumes."""
+        for vid in volume_ids:
+            try:
+                for s in self.admin.volume_snapshots.list(
+                        search_opts={"all_tenants": 1, "volume_id": vid}):
+                    self.admin.volume_snapshots.delete(s.id, force=True)
+                self.admin.volumes.reset_state(vid, "available", attach_status="detached")
+                self.detach_all(vid)
+                self.admin.volumes.delete(vid, cascade=True)
+            except Exception:
+                pass
+
+    def set_quota(self, **limits):
+        self.admin.quotas.update(self.project_id, **limits)
+
+    def reset_status(self, volume_id, status):
+        self.admin.volumes.reset_state(volume_id, status)

@@ -102,7 +102,8 @@ class CinderBackend:
 
     def get_limits(self):
         faults.point("volume.get_limits")
-        absolute = {a.name: a.value for a in _call("Cinder limits", self.client.limits.get).absolute}
+        limits = _call("Cinder limits", self.client.limits.get)
+        absolute = {a.name: a.value for a in limits.absolute}
         return {
             "snapshots_max": absolute.get("maxTotalSnapshots", -1),
             "snapshots_used": absolute.get("totalSnapshotsUsed", 0),
