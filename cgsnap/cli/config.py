@@ -15,8 +15,6 @@ from oslo_log import log as logging
 from cgsnap import exception, progress
 from cgsnap.conf import CONF
 
-logging.register_options(CONF)
-
 
 def default_config_files():
     env = os.environ.get("CGSNAP_CONFIG")

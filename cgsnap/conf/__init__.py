@@ -6,6 +6,7 @@ import.  :func:`list_opts` feeds ``oslo-config-generator`` (see
 """
 
 from oslo_config import cfg
+from oslo_log import log as logging
 
 from cgsnap.conf import default, libvirt, openstack, snapshot
 
@@ -27,3 +28,4 @@ def list_opts():
 
 
 register_opts(CONF)
+logging.register_options(CONF)  # oslo.log's own options (debug, log_file, ...)

@@ -1,0 +1,129 @@
+"""`cgsnap create --all-volumes` end to end on real Cinder + Keystone."""
+
+import json
+
+import pytest
+
+from cgsnap import exception, faults, manifest, naming
+
+from .conftest import quiesce_failure
+
+
+def test_volume_root_and_8_data_volumes_make_one_9_member_set(make_instance):
+    inst = make_instance(n_data=8, name="nine")
+    rc, out, err = inst.cgsnap("create", "--all-volumes", inst.name, "--name", "nightly ✓",
+                               "-f", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["status"] == "available" and doc["consistency"] == "filesystem"
+    assert doc["name"] == "nightly ✓"
+    assert len(doc["members"]) == 9
+    assert [m["role"] for m in doc["members"]].count("root") == 1
+    assert doc["freeze"]["window_s"] > 0 and doc["freeze"]["filesystems_frozen"] == 2
+    assert inst.frozen_count() == 0
+
+    snaps = {s.id: s for s in inst.cinder_snapshots(doc["id"])}
+    assert len(snaps) == 9
+    for m in doc["members"]:
+        s = snaps[m["snapshot_id"]]
+        assert s.status == "available" and m["status"] == "available"
+        assert s.name == m["name"]
+        parsed = naming.parse_member_name(s.name)
+        assert parsed.set_short == doc["id"][:8] and parsed.device == m["device"]
+        assert s.metadata["cgsnap_set_id"] == doc["id"]
+        assert s.metadata["cgsnap_instance_id"] == inst.id
+        assert s.metadata["cgsnap_role"] == m["role"]
+        assert s.metadata["cgsnap_device"] == m["device"]
+        assert s.metadata["cgsnap_schema_version"] == str(manifest.SCHEMA_VERSION)
+        assert s.volume_id == m["volume_id"]
+
+    rc, out, _ = inst.cgsnap("show", doc["id"], "-f", "json")
+    assert rc == 0
+    shown = json.loads(out)
+    assert shown["checksum"] == manifest.compute_checksum(shown) == doc["checksum"]
+    rc, out, _ = inst.cgsnap("list", "-f", "json")
+    assert [row["id"] for row in json.loads(out)] == [doc["id"]]
+
+    rc, out, err = inst.cgsnap("delete", doc["id"])
+    assert rc == 0, err
+    assert inst.cinder_snapshots(doc["id"]) == []
+    rc, _, err = inst.cgsnap("show", doc["id"])
+    assert rc == exception.EXIT_NOT_FOUND and err.count("\n") == 1
+
+
+def _assert_clean_failure(inst, rc, err, exit_code, reason):
+    """The contract of every failure: thawed, no orphans, failed manifest, one line."""
+    assert rc == exit_code, err
+    assert err.count("\n") == 1 and err.startswith("cgsnap: error: "), err
+    assert "Traceback" not in err
+    assert inst.frozen_count() == 0
+    rc2, out, _ = inst.cgsnap("list", "-f", "json")
+    sets = json.loads(out)
+    assert len(sets) == 1
+    doc = json.loads(inst.cgsnap("show", sets[0]["id"], "-f", "json")[1])
+    assert doc["status"] == "failed"
+    assert reason in doc["status_reason"]
+    assert inst.cinder_snapshots(doc["id"]) == []
+    return doc
+
+
+def test_quota_exhausted_partway_through(make_instance, lab):
+    inst = make_instance(n_data=5, name="quota")
+    used = lab.user.limits.get()
+    used = {a.name: a.value for a in used.absolute}["totalSnapshotsUsed"]
+    # The pre-check sees plenty of quota; just before the creates Cinder's quota
+    # drops to leave room for only 2 of the 6 snapshots.
+    faults.arm("task.SnapshotVolumes", lambda _p: lab.set_quota(snapshots=used + 2))
+    try:
+        rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    finally:
+        lab.set_quota(snapshots=1000)
+    _assert_clean_failure(inst, rc, err, exception.EXIT_SNAPSHOT_FAILED, "quota")
+
+
+def test_volume_attached_to_another_instance(make_instance, lab):
+    inst = make_instance(n_data=2, name="owner")
+    stolen = inst.volume_ids[1]
+    lab.detach_all(stolen)
+    lab.attach(stolen, "5f0e0c65-0000-4000-8000-000000000001")
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    doc = _assert_clean_failure(inst, rc, err, exception.EXIT_REFUSED, stolen)
+    assert "5f0e0c65-0000-4000-8000-000000000001" in doc["status_reason"]
+    assert stolen in err
+
+
+def test_volume_in_error(make_instance, lab):
+    inst = make_instance(n_data=2, name="errvol")
+    lab.reset_status(inst.volume_ids[0], "error")
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    _assert_clean_failure(inst, rc, err, exception.EXIT_REFUSED, "'error'")
+
+
+@pytest.mark.parametrize("flag", ["--require-quiesce", "--allow-crash-consistent"])
+def test_agent_fails_to_freeze(make_instance, flag):
+    inst = make_instance(n_data=2, name="nofreeze")
+    faults.arm("hypervisor.freeze", quiesce_failure)
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name, flag)
+    _assert_clean_failure(inst, rc, err, exception.EXIT_QUIESCE, "freeze failed")
+
+
+def test_failure_after_the_creates_deletes_real_snapshots(make_instance):
+    inst = make_instance(n_data=3, name="late")
+    faults.arm("task.ThawGuest", "raise@1")
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    _assert_clean_failure(inst, rc, err, exception.EXIT_SNAPSHOT_FAILED, "task.ThawGuest")
+
+
+def test_unreachable_agent_with_allow_crash_consistent_is_recorded(make_instance):
+    inst = make_instance(n_data=1, name="crash")
+    faults.arm("hypervisor.ping_agent", lambda _p: (_ for _ in ()).throw(
+        exception.AgentUnreachable("guest agent ping failed on crash: not connected")))
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    assert rc == exception.EXIT_QUIESCE and "--allow-crash-consistent" in err
+    rc, out, err = inst.cgsnap("create", "--all-volumes", inst.name,
+                               "--allow-crash-consistent", "-f", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["consistency"] == "crash" and doc["freeze"]["agent"] == "unreachable"
+    assert len(inst.cinder_snapshots(doc["id"])) == 2
+    assert inst.cgsnap("delete", doc["id"])[0] == 0
