@@ -2,7 +2,7 @@
 # Local "dev cloud" for cgsnap: Keystone + Cinder (fake backend) + Glance,
 # all on 127.0.0.1, SQLite, no systemd.  See tools/devcloud/README.md.
 #
-# usage: tools/devcloud/devcloud.sh install|start|stop|restart|status|env|verify|freeze
+# usage: tools/devcloud/devcloud.sh install|start|stop|restart|status|env|verify|reset|freeze
 set -euo pipefail
 
 TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -323,6 +323,13 @@ verify() {  # smoke test with real clients, as user cgsnap (client venv)
     OS_CLIENT_CONFIG_FILE="$STATE/clouds.yaml" "$VENVS/client/bin/python" "$TOOLS/verify.py"
 }
 
+reset() {  # stop and wipe all state (DBs, keys, images, logs) but keep the venvs
+    stop
+    local d
+    for d in keystone cinder glance run log clouds.yaml .setup-done; do rm -rf "${STATE:?}/$d"; done
+    log "state wiped (venvs kept); run: $0 start"
+}
+
 env_cmd() {
     echo "export OS_CLIENT_CONFIG_FILE=$STATE/clouds.yaml"
     echo "export OS_CLOUD=\${OS_CLOUD:-devcloud}"
@@ -345,6 +352,7 @@ case "${1:-}" in
     status) status ;;
     env) env_cmd ;;
     verify) verify ;;
+    reset) reset ;;
     freeze) freeze ;;
-    *) echo "usage: $0 install|start|stop|restart|status|env|verify|freeze" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop|restart|status|env|verify|reset|freeze" >&2; exit 2 ;;
 esac
