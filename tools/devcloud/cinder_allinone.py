@@ -1,3 +1,4 @@
+# ruff: noqa: E402, E702, I001
 """Run cinder-api, cinder-scheduler and cinder-volume in ONE process.
 
 Dev-cloud only.  Why one process:

@@ -1,4 +1,6 @@
-"""Idempotent post-start cinder setup: the default volume type ``fake``.
+"""Idempotent post-start cinder setup: volume type ``fake`` (the default)
+and a public generic group type ``fake-group`` (for group snapshots; the
+built-in ``default_cgsnapshot_type`` is reserved for migrated CGs).
 
 Runs in the cinder venv (keystoneauth1 is a cinder dependency) once
 keystone and cinder answer.
@@ -13,6 +15,7 @@ from keystoneauth1.identity import v3
 AUTH_URL = 'http://127.0.0.1:15000/v3'
 TYPE = 'fake'
 BACKEND = 'fake'
+GROUP_TYPE = 'fake-group'
 
 
 def main():
@@ -36,8 +39,18 @@ def main():
     sess.post('/types/%s/extra_specs' % vt['id'], endpoint_filter=ep,
               headers=hdr, json={'extra_specs': {
                   'volume_backend_name': BACKEND}})
-    print('cinder setup ok: volume type %s id=%s' % (TYPE, vt['id']),
-          file=sys.stderr)
+
+    gtypes = sess.get('/group_types?is_public=None', endpoint_filter=ep,
+                      headers=hdr).json()['group_types']
+    gt = next((t for t in gtypes if t['name'] == GROUP_TYPE), None)
+    if gt is None:
+        gt = sess.post('/group_types', endpoint_filter=ep, headers=hdr,
+                       json={'group_type': {
+                           'name': GROUP_TYPE, 'is_public': True,
+                           'description': 'devcloud generic group type'}},
+                       ).json()['group_type']
+    print('cinder setup ok: volume type %s id=%s, group type %s id=%s'
+          % (TYPE, vt['id'], GROUP_TYPE, gt['id']), file=sys.stderr)
 
 
 if __name__ == '__main__':

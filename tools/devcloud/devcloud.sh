@@ -208,7 +208,7 @@ start_keystone() {
         --module keystone.wsgi.api:application \
         --virtualenv "$VENVS/keystone" \
         --env "OS_KEYSTONE_CONFIG_FILES=$STATE/keystone/keystone.conf" \
-        --master --die-on-term --processes 2 --threads 2 --enable-threads \
+        --master --die-on-term --processes 1 --threads 4 --enable-threads \
         --need-app --buffer-size 65535 --disable-logging --log-4xx --log-5xx
 }
 
