@@ -97,8 +97,7 @@ def _summary(doc):
     ]
     for m in doc["members"]:
         ref = m.get("snapshot_id") or m.get("image_id") or "-"
-        rows.append((f"member {m['device']}",
-                     f"{m['role']} {m['kind']} {ref} {m['status']} {m['name']}"))
+        rows.append((f"member {m['device']}", f"{m['name']} {m['status']} {ref}"))
     rows.append(("checksum", doc["checksum"]))
     return rows
 

@@ -1,7 +1,6 @@
 """Output formats, as cliff/OSC give them: table, json, yaml, value."""
 
 import json
-import shutil
 
 import yaml
 
@@ -52,6 +51,4 @@ def emit_doc(fmt, doc, stream, summary=None):
         for _, v in summary:
             stream.write(_cell(v) + "\n")
     else:
-        width = shutil.get_terminal_size((120, 20)).columns
-        rows = [(k, _cell(v)[: max(width - 30, 40)]) for k, v in summary]
-        stream.write(table(["Field", "Value"], rows) + "\n")
+        stream.write(table(["Field", "Value"], [(k, _cell(v)) for k, v in summary]) + "\n")
