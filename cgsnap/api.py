@@ -5,6 +5,7 @@ TaskFlow engine with SQL persistence, under the instance's lock.
 
 import contextlib
 import functools
+import os
 import uuid
 
 from oslo_log import log as logging
@@ -97,6 +98,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        allow_crash_consistent=bool(allow_crash_consistent),
                        idempotency_key=idempotency_key,
                        freeze_timeout=timeout or CONF.libvirt.freeze_timeout,
+                       local_disks=CONF.snapshot.local_disks,
                        wait_timeout=CONF.snapshot.wait_timeout)
     cat = catalog()
     with lock.instance_lock(instance["id"], "create", CONF.lock_wait):
@@ -113,10 +115,10 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
         try:
             _run(create_flows.create_flow, store, f"create-{set_id}", _after_failure)
         except exception.CgsnapError:
-            _verify_nothing_left(drv, set_id)
+            _verify_nothing_left(drv, cat, set_id)
             raise
         except KeyboardInterrupt:
-            _verify_nothing_left(drv, set_id)
+            _verify_nothing_left(drv, cat, set_id)
             raise exception.Interrupted(f"interrupted; set {set_id} was reverted") from None
         return cat.get(set_id)
 
@@ -140,10 +142,21 @@ def _ensure_thawed(engine, drv, instance):
         LOG.error("safety net could not thaw %s: %s", instance["name"], e)
 
 
-def _verify_nothing_left(drv, set_id):
+def _verify_nothing_left(drv, cat, set_id):
     """After a failed create, prove that no member of the set survived."""
     try:
-        left = drv.volumes.list_snapshots(set_id) if drv.volumes else []
+        doc = cat.get(set_id, verify=False)
+    except exception.NotFound:
+        return  # failed before anything was recorded: nothing was created
+    if any(m["kind"] == manifest.KIND_LOCAL_QCOW2 for m in doc["members"]):
+        from cgsnap.tasks import local
+        if os.path.isdir(local.set_dir(set_id)) and os.listdir(local.set_dir(set_id)):
+            raise exception.CleanupIncomplete(
+                f"set {set_id} failed and files remain in {local.set_dir(set_id)}")
+    if not any(m["kind"] == manifest.KIND_CINDER_SNAPSHOT for m in doc["members"]):
+        return
+    try:
+        left = drv.volumes.list_snapshots(set_id)
     except exception.CgsnapError as e:
         raise exception.CleanupIncomplete(
             f"could not verify the cleanup of set {set_id}: {e}") from None

@@ -33,7 +33,7 @@ CONSISTENCY_CRASH = "crash"
 
 KIND_CINDER_SNAPSHOT = "cinder-snapshot"
 KIND_GLANCE_IMAGE = "glance-image"
-KIND_QCOW2_OVERLAY = "qcow2-overlay"
+KIND_LOCAL_QCOW2 = "local-qcow2"
 
 
 def utcnow():

@@ -27,10 +27,15 @@ def members(instance, set_id, options):
         if role == naming.ROLE_VOLUME:
             if not options.get("all_volumes") or volume_id in excluded:
                 continue
-            if volume_id is None:
+            if volume_id is None and options.get("local_disks") != "qcow2":
                 skipped.append({"device": disk["device"], "reason": "local disk, not a volume"})
                 continue
-        kind = manifest.KIND_CINDER_SNAPSHOT if volume_id else manifest.KIND_GLANCE_IMAGE
+        if volume_id:
+            kind = manifest.KIND_CINDER_SNAPSHOT
+        elif options.get("local_disks") == "qcow2":
+            kind = manifest.KIND_LOCAL_QCOW2
+        else:
+            kind = manifest.KIND_GLANCE_IMAGE
         out.append({
             "role": role,
             "device": disk["device"],
@@ -39,6 +44,7 @@ def members(instance, set_id, options):
             "source_path": None if volume_id else disk["source"],
             "snapshot_id": None,
             "image_id": None,
+            "path": None,
             "name": naming.member_name(instance["id"], set_id, role, disk["device"]),
             "status": "planned",
             "size_gb": None,

@@ -20,6 +20,17 @@ opts = [
                  help="Longest interval in seconds between status polls."),
     cfg.IntOpt("max_parallel_creates", default=16, min=1,
                help="Member snapshot creates issued concurrently inside the freeze window."),
+    cfg.StrOpt("local_disks", default="skip", choices=[
+                   ("skip", "leave file-backed disks out (as Nova's snapshot does); an "
+                            "image-backed root is refused unless --exclude-root"),
+                   ("qcow2", "capture file-backed disks too: an external disk-only snapshot "
+                             "inside the freeze window, a copy to local_dir after the thaw, "
+                             "then a block commit back, so the disk chain ends as it began")],
+               help="What to do with disks that are not Cinder volumes (plain libvirt/KVM "
+                    "hosts)."),
+    cfg.StrOpt("local_dir",
+               help="Where copies of file-backed disks are kept (local_disks=qcow2). "
+                    "Default: <state_dir>/local."),
     cfg.FloatOpt("cleanup_timeout", default=300.0, min=1.0,
                  help="Deadline in seconds for deleting members when a set is reverted or "
                       "deleted."),

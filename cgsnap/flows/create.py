@@ -3,26 +3,29 @@
 ::
 
     DiscoverInstance -> RecordSet -> CheckRootDisk -> CheckVolumes -> CheckQuota
-      -> CheckAgent -> CleanupVolumeSnapshots (revert-only)
-      -> FreezeGuest -> SnapshotVolumes -> ThawGuest        <- the freeze window
-      -> FinalizeSet
+      -> CheckLocalDisks -> CheckAgent
+      -> CleanupVolumeSnapshots, CleanupLocalDisks          (revert-only)
+      -> FreezeGuest -> SnapshotLocalDisks -> SnapshotVolumes -> ThawGuest
+                                                            ^ the freeze window
+      -> ExportLocalDisks -> FinalizeSet
 
 Everything that can refuse the operation runs before FreezeGuest.  Inside the
 window there are only the snapshot creates and the wait for them.  A failure
-anywhere reverts in reverse order: thaw (FreezeGuest.revert), delete members
-(CleanupVolumeSnapshots.revert), mark the manifest failed (RecordSet.revert).
+anywhere reverts in reverse order: thaw (FreezeGuest.revert), put local disks
+back and delete members (CleanupLocalDisks / CleanupVolumeSnapshots.revert),
+mark the manifest failed (RecordSet.revert).
 
 Store inputs: ``instance_ref`` (name or UUID), ``set_id``, ``options`` (dict).
 """
 
 from taskflow.patterns import linear_flow
 
-from cgsnap.tasks import catalog, hypervisor, volume
+from cgsnap.tasks import catalog, hypervisor, local, volume
 
 FLOW_NAME = "cgsnap-create"
 REQUIRES = frozenset({"instance_ref", "set_id", "options"})
-PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "agent", "freeze",
-                      "volume_snapshots", "thaw", "result"})
+PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "local_plan", "agent", "freeze",
+                      "local_cut", "volume_snapshots", "thaw", "local_copies", "result"})
 
 
 def create_flow(drivers=None):
@@ -35,11 +38,15 @@ def create_flow(drivers=None):
         hypervisor.CheckRootDisk(drivers),
         volume.CheckVolumes(drivers),
         volume.CheckQuota(drivers),
+        local.CheckLocalDisks(drivers),
         hypervisor.CheckAgent(drivers),
         volume.CleanupVolumeSnapshots(drivers),
+        local.CleanupLocalDisks(drivers),
         hypervisor.FreezeGuest(drivers),
+        local.SnapshotLocalDisks(drivers),
         volume.SnapshotVolumes(drivers),
         hypervisor.ThawGuest(drivers),
+        local.ExportLocalDisks(drivers),
         catalog.FinalizeSet(drivers),
     )
     return flow

@@ -1,6 +1,6 @@
 """The delete flow: remove every member of a set, then its manifest.
 
-``MarkSetDeleting -> DeleteVolumeSnapshots -> RemoveManifest``; a failure
+``MarkSetDeleting -> DeleteVolumeSnapshots -> DeleteLocalCopies -> RemoveManifest``; a failure
 leaves the manifest in ``error_deleting`` with the reason, and a re-run of
 the delete picks up where it stopped (members are found by metadata).
 
@@ -9,7 +9,7 @@ Store inputs: ``set_id``.
 
 from taskflow.patterns import linear_flow
 
-from cgsnap.tasks import catalog, volume
+from cgsnap.tasks import catalog, local, volume
 
 FLOW_NAME = "cgsnap-delete"
 REQUIRES = frozenset({"set_id"})
@@ -21,6 +21,7 @@ def delete_flow(drivers=None):
     flow.add(
         catalog.MarkSetDeleting(drivers),
         volume.DeleteVolumeSnapshots(drivers),
+        local.DeleteLocalCopies(drivers),
         catalog.RemoveManifest(drivers),
     )
     return flow

@@ -61,7 +61,7 @@ class FinalizeSet(CgsnapTask):
 
     default_provides = "result"
 
-    def execute(self, manifest, agent, freeze, thaw, volume_snapshots):
+    def execute(self, manifest, agent, freeze, thaw, volume_snapshots, local_copies):
         self.fault_point()
         doc = dict(manifest)
         by_name = {s["name"]: s for s in volume_snapshots}
@@ -71,6 +71,10 @@ class FinalizeSet(CgsnapTask):
             snap = by_name.get(m["name"])
             if snap:
                 m.update(snapshot_id=snap["id"], status=snap["status"], size_gb=snap["size_gb"])
+            copy = local_copies.get(m["device"]) if m["kind"] == "local-qcow2" else None
+            if copy:
+                m.update(path=copy["path"], status="available",
+                         size_gb=max(1, -(-copy["size_bytes"] // (1 << 30))))
             members.append(m)
         doc["members"] = members
         doc["status"] = manifest_mod.STATUS_AVAILABLE

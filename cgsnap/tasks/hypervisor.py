@@ -4,7 +4,8 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, manifest
+from cgsnap import exception
+from cgsnap import manifest as manifest_mod
 from cgsnap.tasks.base import CgsnapTask, is_failure
 
 LOG = logging.getLogger(__name__)
@@ -31,11 +32,12 @@ class CheckRootDisk(CgsnapTask):
     def execute(self, manifest):
         self.fault_point()
         for member in manifest["members"]:
-            if member["role"] == "root" and member["kind"] != "cinder-snapshot":
+            if member["role"] == "root" and member["kind"] == manifest_mod.KIND_GLANCE_IMAGE:
                 raise exception.Refused(
                     f"root disk {member['device']} of instance {manifest['instance_name']} is "
                     "image-backed; capturing it to Glance is not supported yet: use "
-                    "--exclude-root to snapshot only the volumes")
+                    "--exclude-root to snapshot only the volumes, or set "
+                    "[snapshot]local_disks=qcow2 to copy it locally")
 
 
 class CheckAgent(CgsnapTask):
@@ -75,12 +77,12 @@ class FreezeGuest(CgsnapTask):
     def execute(self, instance, agent):
         self.fault_point()
         if not agent["reachable"]:
-            return {"mode": manifest.CONSISTENCY_CRASH, "frozen": 0,
+            return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0,
                     "started_at": None, "started_mono": None}
-        started_at = manifest.isotime()
+        started_at = manifest_mod.isotime()
         started = time.monotonic()
         frozen = self.drivers.hypervisor.freeze(instance["id"])
-        return {"mode": manifest.CONSISTENCY_FILESYSTEM, "frozen": frozen,
+        return {"mode": manifest_mod.CONSISTENCY_FILESYSTEM, "frozen": frozen,
                 "started_at": started_at, "started_mono": started}
 
     def revert(self, instance, agent, result, **kwargs):
@@ -103,8 +105,8 @@ class ThawGuest(CgsnapTask):
 
     def execute(self, instance, freeze):
         self.fault_point()
-        if freeze["mode"] != manifest.CONSISTENCY_FILESYSTEM:
+        if freeze["mode"] != manifest_mod.CONSISTENCY_FILESYSTEM:
             return {"ended_at": None, "window_s": None, "thawed": None}
         thawed = self.drivers.hypervisor.thaw(instance["id"])
         window = time.monotonic() - freeze["started_mono"]
-        return {"ended_at": manifest.isotime(), "window_s": round(window, 6), "thawed": thawed}
+        return {"ended_at": manifest_mod.isotime(), "window_s": round(window, 6), "thawed": thawed}

@@ -93,10 +93,12 @@ class CleanupVolumeSnapshots(CgsnapTask):
     it also catches creates whose response was lost.
     """
 
-    def execute(self, set_id):
+    def execute(self, set_id, manifest):
         self.fault_point()
 
-    def revert(self, set_id, **kwargs):
+    def revert(self, set_id, manifest, **kwargs):
+        if not volume_members(manifest):
+            return
         try:
             left = delete_set_snapshots(self.drivers.volumes, set_id,
                                         CONF.snapshot.cleanup_timeout)

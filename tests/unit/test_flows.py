@@ -35,13 +35,16 @@ def test_factory_compiles_and_declares_its_interface(factory, module):
 def test_create_flow_order_keeps_checks_before_the_freeze():
     names = [atom.name for atom in create.create_flow()]
     freeze = names.index("FreezeGuest")
-    for check in ("CheckRootDisk", "CheckVolumes", "CheckQuota", "CheckAgent", "RecordSet"):
+    for check in ("CheckRootDisk", "CheckVolumes", "CheckQuota", "CheckLocalDisks",
+                  "CheckAgent", "RecordSet"):
         assert names.index(check) < freeze
-    # Only the fan-out sits between freeze and thaw.
-    assert names[freeze:names.index("ThawGuest") + 1] == ["FreezeGuest", "SnapshotVolumes",
-                                                         "ThawGuest"]
+    # Only the cuts sit between freeze and thaw; copies come after the thaw.
+    assert names[freeze:names.index("ThawGuest") + 1] == [
+        "FreezeGuest", "SnapshotLocalDisks", "SnapshotVolumes", "ThawGuest"]
+    assert names.index("ExportLocalDisks") > names.index("ThawGuest")
     # Cleanup reverts after the thaw (reverse order), the manifest is marked last.
     assert names.index("RecordSet") < names.index("CleanupVolumeSnapshots") < freeze
+    assert names.index("RecordSet") < names.index("CleanupLocalDisks") < freeze
 
 
 def _options(**kw):

@@ -1,0 +1,149 @@
+"""Tasks for file-backed disks on the hypervisor host (``local_disks = qcow2``).
+
+For plain libvirt/KVM hosts, and for an image-backed root: inside the freeze
+window one atomic disk-only external snapshot switches every local disk to a
+new overlay, which freezes the original file in time.  After the thaw the
+original is copied to a standalone qcow2 in ``local_dir/<set id>/`` and the
+overlay is block-committed back, so the guest's disk chain ends as it began.
+"""
+
+import os
+import shutil
+import subprocess
+
+from oslo_log import log as logging
+
+from cgsnap import exception, faults, state
+from cgsnap import manifest as manifest_mod
+from cgsnap.conf import CONF
+from cgsnap.tasks.base import CgsnapTask
+
+LOG = logging.getLogger(__name__)
+
+
+def local_members(manifest):
+    return [m for m in manifest["members"] if m["kind"] == manifest_mod.KIND_LOCAL_QCOW2]
+
+
+def set_dir(set_id):
+    base = CONF.snapshot.local_dir or os.path.join(state.state_dir(), "local")
+    return os.path.join(os.path.abspath(os.path.expanduser(base)), set_id)
+
+
+class CheckLocalDisks(CgsnapTask):
+    """Before the freeze: every local member is a file we can snapshot, and
+    the copy directory has room for all of them."""
+
+    default_provides = "local_plan"
+
+    def execute(self, set_id, manifest, instance):
+        self.fault_point()
+        members = local_members(manifest)
+        if not members:
+            return {}
+        disks = {d["device"]: d for d in instance["disks"]}
+        out_dir = set_dir(set_id)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise exception.Refused(f"cannot create {out_dir}: {e.strerror}") from None
+        plan, need = {}, 0
+        for m in members:
+            disk = disks[m["device"]]
+            if disk["source_type"] != "file" or not disk["source"]:
+                raise exception.Refused(
+                    f"disk {m['device']} is {disk['source_type']}-backed; only file-backed "
+                    "disks can be captured locally")
+            if not os.path.isfile(disk["source"]):
+                raise exception.Refused(f"disk {m['device']}: {disk['source']} is not readable")
+            need += os.path.getsize(disk["source"])
+            plan[m["device"]] = {"base": disk["source"], "name": m["name"],
+                                 "overlay": os.path.join(out_dir, f"{m['name']}.overlay.qcow2"),
+                                 "copy": os.path.join(out_dir, f"{m['name']}.qcow2")}
+        free = shutil.disk_usage(out_dir).free
+        if free < need:
+            raise exception.Refused(
+                f"{out_dir} has {free >> 20} MiB free; the local disks need {need >> 20} MiB")
+        return plan
+
+
+class CleanupLocalDisks(CgsnapTask):
+    """Revert-only: put every disk back on its original file and delete the
+    overlays and copies of this set."""
+
+    def execute(self, local_plan):
+        self.fault_point()
+
+    def revert(self, instance, local_plan, **kwargs):
+        for dev, p in (local_plan or {}).items():
+            try:
+                if self.drivers.hypervisor.disk_source(instance["id"], dev) == p["overlay"]:
+                    self.drivers.hypervisor.commit_active_layer(instance["id"], dev)
+            except Exception as e:  # log and swallow; the next disk must still be tried
+                LOG.error("revert: could not commit %s of %s back: %s", dev, instance["name"], e)
+                continue
+            for path in (p["overlay"], p["copy"]):
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    LOG.error("revert: could not remove %s: %s", path, e)
+        if local_plan:
+            try:
+                os.rmdir(os.path.dirname(next(iter(local_plan.values()))["copy"]))
+            except OSError:
+                pass
+
+
+class SnapshotLocalDisks(CgsnapTask):
+    """In the window: one atomic external disk-only snapshot of all local disks."""
+
+    default_provides = "local_cut"
+
+    def execute(self, instance, local_plan):
+        self.fault_point()
+        if not local_plan:
+            return {}
+        self.drivers.hypervisor.snapshot_disks_external(
+            instance["id"], {dev: p["overlay"] for dev, p in local_plan.items()})
+        return {dev: "cut" for dev in local_plan}
+
+
+class ExportLocalDisks(CgsnapTask):
+    """After the thaw: copy each frozen original to a standalone qcow2, then
+    commit the overlay back.  Safe to run twice."""
+
+    default_provides = "local_copies"
+
+    def execute(self, instance, local_plan, local_cut):
+        self.fault_point()
+        out = {}
+        for dev, p in local_plan.items():
+            hyp = self.drivers.hypervisor
+            if hyp.disk_source(instance["id"], dev) == p["overlay"]:
+                faults.point("local.copy")
+                tmp = p["copy"] + ".part"
+                proc = subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", p["base"], tmp],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise exception.SnapshotFailed(
+                        f"copy of {dev} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                os.replace(tmp, p["copy"])
+                hyp.commit_active_layer(instance["id"], dev)
+            try:
+                os.remove(p["overlay"])
+            except FileNotFoundError:
+                pass
+            out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"])}
+        return out
+
+
+class DeleteLocalCopies(CgsnapTask):
+    """Delete flow: remove this set's copies (only files in its own directory)."""
+
+    def execute(self, set_id):
+        self.fault_point()
+        path = set_dir(set_id)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
