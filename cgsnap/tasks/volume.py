@@ -193,6 +193,8 @@ class DeleteVolumeSnapshots(CgsnapTask):
 
     default_provides = "deleted_snapshots"
 
-    def execute(self, set_id):
+    def execute(self, set_id, manifest):
         self.fault_point()
+        if not volume_members(manifest):
+            return 0
         return delete_set_snapshots(self.drivers.volumes, set_id, CONF.snapshot.cleanup_timeout)
