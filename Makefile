@@ -6,12 +6,12 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help bootstrap devcloud devcloud-stop demo test unit functional lint genconfig clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e lint genconfig clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
-	@echo "make test        set up everything and run every test tier (lint, unit, functional)"
-	@echo "make unit | functional | lint | genconfig | devcloud | devcloud-stop | clean"
+	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e)"
+	@echo "make unit | functional | e2e | lint | genconfig | devcloud | devcloud-stop | clean"
 
 bootstrap: $(VENV)/.cgsnap-installed
 
@@ -36,6 +36,18 @@ unit: bootstrap
 functional: devcloud
 	$(PYTEST) -q tests/functional
 
+testguest: bootstrap
+	tools/testguest/testguest.sh build
+
+# The real-guest tier: builds the guest, starts a private libvirtd, runs the
+# tests and always tears down (no qemu, libvirtd or mount is left behind).
+e2e: devcloud testguest
+	@rc=0; $(PYTEST) -q -s tests/e2e || rc=$$?; \
+	tools/testguest/testguest.sh down >/dev/null 2>&1 || true; \
+	if pgrep -f "^[^ ]*qemu-system-x86_64" >/dev/null || pgrep -x libvirtd >/dev/null; then \
+	    echo "e2e: qemu or libvirtd left running" >&2; rc=1; fi; \
+	exit $$rc
+
 genconfig: bootstrap
 	$(VENV)/bin/oslo-config-generator --config-file etc/cgsnap/cgsnap-config-generator.conf
 
@@ -45,6 +57,7 @@ test: bootstrap
 	$(MAKE) --no-print-directory genconfig && \
 	$(MAKE) --no-print-directory unit && \
 	$(MAKE) --no-print-directory functional && \
+	$(MAKE) --no-print-directory e2e && \
 	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
 
 clean:

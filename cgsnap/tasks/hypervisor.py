@@ -106,7 +106,9 @@ class ThawGuest(CgsnapTask):
     def execute(self, instance, freeze):
         self.fault_point()
         if freeze["mode"] != manifest_mod.CONSISTENCY_FILESYSTEM:
-            return {"ended_at": None, "window_s": None, "thawed": None}
+            return {"started_at": None, "ended_at": None, "window_s": None, "thawed": None}
+        started_at = manifest_mod.isotime()
         thawed = self.drivers.hypervisor.thaw(instance["id"])
         window = time.monotonic() - freeze["started_mono"]
-        return {"ended_at": manifest_mod.isotime(), "window_s": round(window, 6), "thawed": thawed}
+        return {"started_at": started_at, "ended_at": manifest_mod.isotime(),
+                "window_s": round(window, 6), "thawed": thawed}

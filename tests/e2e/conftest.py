@@ -23,7 +23,7 @@ TGDIR = os.environ.get("TESTGUEST_DIR", os.path.join(ROOT, ".testguest"))
 URI = "qemu:///system"
 
 
-def testguest(*args, timeout=300):
+def run_testguest(*args, timeout=300):
     proc = subprocess.run([TG, *args], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"testguest.sh {' '.join(args)} failed:\n{proc.stderr[-2000:]}",
@@ -33,10 +33,10 @@ def testguest(*args, timeout=300):
 
 @pytest.fixture(scope="session")
 def libvirtd():
-    testguest("build")
-    testguest("libvirtd-start")
+    run_testguest("build")
+    run_testguest("libvirtd-start")
     yield URI
-    testguest("down")
+    run_testguest("down")
 
 
 class RealGuest:
@@ -92,9 +92,9 @@ class RealGuest:
 @pytest.fixture(scope="module")
 def real_guest_name(libvirtd):
     name = "cgsnap-e2e"
-    testguest("boot", name, "--fresh", "--interval", "0.02", timeout=180)
+    run_testguest("boot", name, "--fresh", "--interval", "0.02", timeout=180)
     yield name
-    testguest("destroy", name)
+    run_testguest("destroy", name)
 
 
 @pytest.fixture

@@ -1,0 +1,376 @@
+"""Shared pieces of the cgsnap benchmarks: instrumented proxies, the model and
+Cinder storage backends with the extra calls the baselines need, dev-cloud
+provisioning, and cgsnap set-up (config, persistence variants)."""
+
+import concurrent.futures
+import contextlib
+import functools
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+
+from cgsnap import naming
+from cgsnap.drivers import memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLOUDS = os.path.join(ROOT, ".devcloud", "clouds.yaml")
+CACHE_DIR = os.path.join(ROOT, ".state", "bench")
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# -- instrumentation ------------------------------------------------------------------------
+
+class CallLog:
+    """Thread-safe record of (name, start, end) monotonic intervals."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.events = []
+
+    def add(self, name, t0, t1):
+        with self._lock:
+            self.events.append((name, t0, t1))
+
+    def reset(self):
+        with self._lock:
+            self.events = []
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.events)
+
+
+class CountingVolumes:
+    """Wraps a volume backend: every public method call is logged (this is
+    the ``api_calls`` count).  Anything else is delegated."""
+
+    def __init__(self, inner, log):
+        self._inner = inner
+        self._log = log
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self._log.add(name, t0, time.monotonic())
+        return call
+
+
+class TimedHypervisor:
+    """Wraps a hypervisor: logs freeze/thaw intervals, so every strategy's
+    window is measured the same way as cgsnap's (freeze() start -> thaw()
+    return)."""
+
+    def __init__(self, inner, log):
+        self._inner = inner
+        self._log = log
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def freeze(self, instance_id):
+        t0 = time.monotonic()
+        try:
+            return self._inner.freeze(instance_id)
+        finally:
+            self._log.add("freeze", t0, time.monotonic())
+
+    def thaw(self, instance_id):
+        t0 = time.monotonic()
+        try:
+            return self._inner.thaw(instance_id)
+        finally:
+            self._log.add("thaw", t0, time.monotonic())
+
+
+def window_of(events):
+    """(window_s, freeze_call_s, thaw_call_s, t_freeze0, t_thaw1) from a call log."""
+    fr = [e for e in events if e[0] == "freeze"]
+    th = [e for e in events if e[0] == "thaw"]
+    if not fr or not th:
+        return None, None, None, None, None
+    f, t = fr[0], th[-1]
+    return t[2] - f[1], f[2] - f[1], t[2] - t[1], f[1], t[2]
+
+
+def storage_calls(events, t0=None, t1=None):
+    out = [e for e in events if e[0] not in ("freeze", "thaw")]
+    if t0 is not None:
+        out = [e for e in out if e[1] >= t0 and e[1] <= t1]
+    return out
+
+
+# -- storage backends with the calls the baselines need --------------------------------------
+
+class ModelBackend(memory.MemoryVolumeBackend):
+    """The in-process model of Cinder used by ``--backend model``.
+
+    Time to a member's point in time is ``latency`` (± ``jitter``), spent in
+    the create call itself (a busy API that cuts the snapshot before it
+    answers; this is what makes sequential creates cost N x L, as on the
+    CPU-bound dev Cinder), followed by an optional asynchronous ``tail``
+    during which the snapshot is still ``creating``.  ``max_concurrency`` caps
+    creates in flight.  A group snapshot is one call of the same latency that
+    cuts every volume of the group.
+    """
+
+    supports_group = True
+
+    def __init__(self, latency, jitter=0.0, max_concurrency=None, tail=0.0, seed=0):
+        super().__init__(latency=tail, jitter=0.0, seed=seed)
+        self.cut_latency = latency
+        self.cut_jitter = jitter
+        self._cap = threading.Semaphore(max_concurrency) if max_concurrency else None
+        self._groups = {}
+
+    def _cut(self):
+        with self._lock:
+            d = self.cut_latency + self._rand.uniform(-self.cut_jitter, self.cut_jitter)
+        if self._cap:
+            self._cap.acquire()
+        try:
+            time.sleep(max(0.0, d))
+        finally:
+            if self._cap:
+                self._cap.release()
+
+    def create_snapshot(self, volume_id, name, metadata):
+        self._cut()
+        return super().create_snapshot(volume_id, name, metadata)
+
+    def get_snapshot(self, snapshot_id):
+        with self._lock:
+            self.calls["get"] += 1
+            snap = self.snapshots[snapshot_id]
+            self._refresh(snap)
+            return self._public(snap)
+
+    # group snapshots
+    def create_group_snapshot(self, group_id, name, set_id):
+        self._cut()
+        gid = str(uuid.uuid4())
+        ids = []
+        for vid in self._groups[group_id]:
+            meta = {naming.META_SET_ID: set_id}
+            ids.append(memory.MemoryVolumeBackend.create_snapshot(
+                self, vid, f"{name}-{vid[:8]}", meta)["id"])
+        self._groups[gid] = ids
+        return gid
+
+    def get_group_snapshot_status(self, group_snapshot_id):
+        with self._lock:
+            snaps = [self.snapshots[s] for s in self._groups[group_snapshot_id]]
+            for s in snaps:
+                self._refresh(s)
+            return "creating" if any(s["status"] == "creating" for s in snaps) else "available"
+
+    def delete_group_snapshot(self, group_snapshot_id, set_id):
+        from cgsnap.tasks import volume as volume_tasks
+        volume_tasks.delete_set_snapshots(self, set_id, 60)
+
+    def make_group(self, volume_ids):
+        gid = str(uuid.uuid4())
+        self._groups[gid] = list(volume_ids)
+        return gid
+
+
+def cinder_backend_class():
+    from cinderclient import exceptions as cinder_exc
+
+    from cgsnap.drivers import cinder
+
+    class CinderBench(cinder.CinderBackend):
+        """cgsnap's Cinder backend plus per-snapshot GET and group snapshots."""
+
+        supports_group = True
+
+        def get_snapshot(self, snapshot_id):
+            return cinder._snapshot_dict(self.client.volume_snapshots.get(snapshot_id))
+
+        def list_snapshots_raw(self, set_id):
+            """One list call (raw strategies; no client-side re-filter)."""
+            return [{"status": s.status} for s in self.client.volume_snapshots.list(
+                search_opts={"metadata": json.dumps({naming.META_SET_ID: set_id})})]
+
+        def create_group_snapshot(self, group_id, name, set_id):
+            return self.client.group_snapshots.create(group_id, name=name,
+                                                      description=f"bench {set_id}").id
+
+        def get_group_snapshot_status(self, group_snapshot_id):
+            return self.client.group_snapshots.get(group_snapshot_id).status
+
+        def delete_group_snapshot(self, group_snapshot_id, set_id):
+            from cgsnap import wait
+            wait.poll(lambda: self.get_group_snapshot_status(group_snapshot_id),
+                      lambda s: s != "creating", 120, 0.05, 0.5)
+            self.client.group_snapshots.delete(group_snapshot_id)
+
+            def gone():
+                try:
+                    self.client.group_snapshots.get(group_snapshot_id)
+                    return False
+                except cinder_exc.NotFound:
+                    return True
+            wait.poll(gone, bool, 120, 0.1, 0.5, what="group snapshot deletion")
+
+    return CinderBench
+
+
+def cinder_session(clouds_yaml=CLOUDS, cloud="devcloud"):
+    import openstack.config
+    loader = openstack.config.OpenStackConfig(config_files=[clouds_yaml])
+    region = loader.get_one(cloud=cloud)
+    return region.get_session(), region
+
+
+def make_cinder_backend():
+    session, region = cinder_session()
+    return cinder_backend_class()(session, "3.71", region_name=region.region_name)
+
+
+def cinder_instances(lab, specs, tag, in_group=True, workers=8):
+    """Test-driver instances with in-use Cinder volumes: ``specs`` maps a key
+    to a volume count; each instance's volumes are in their own ``fake-group``
+    group when ``in_group``.  Cached in .state/bench/<tag>.json and reused
+    while every volume is still in-use."""
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    path = os.path.join(CACHE_DIR, f"{tag}.json")
+    cached = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+    out, todo = {}, []
+    for key, n in specs.items():
+        entry = cached.get(str(key))
+        if entry and len(entry["volume_ids"]) == n and _all_in_use(lab, entry["volume_ids"]):
+            out[key] = entry
+        else:
+            if entry:
+                lab.delete_volumes(entry["volume_ids"])
+            todo.append((key, n))
+    if todo:
+        _ensure_volume_quota(lab, sum(n for _, n in todo))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            made = list(pool.map(lambda kn: _provision(lab, kn[1], f"bench-{tag}-{kn[0]}",
+                                                       in_group), todo))
+        for (key, _), entry in zip(todo, made):
+            out[key] = cached[str(key)] = entry
+        with open(path, "w") as f:
+            json.dump(cached, f, indent=2)
+    return out
+
+
+def _provision(lab, n, name, in_group):
+    from cgsnap import wait
+    instance_id = str(uuid.uuid4())
+    gid = None
+    if in_group:
+        gid = lab.user.groups.create("fake-group", "fake", name=name).id
+        wait.poll(lambda: lab.user.groups.get(gid).status, lambda s: s != "creating",
+                  120, 0.05, 0.5, what="group")
+    vols = [lab.user.volumes.create(1, name=f"{name}-{i}", volume_type="fake", group_id=gid)
+            for i in range(n)]
+    ids = []
+    for v in vols:
+        v = lab._wait_volume(v.id, "available", deadline=180)
+        if v.status != "available":
+            raise RuntimeError(f"volume {v.id} went to {v.status}")
+        lab.attach(v.id, instance_id)
+        ids.append(v.id)
+    return {"instance_id": instance_id, "group_id": gid, "volume_ids": ids}
+
+
+def _ensure_volume_quota(lab, more):
+    q = lab.admin.quotas.get(lab.project_id, usage=True)
+    need = q.volumes["in_use"] + q.volumes["reserved"] + more + 10
+    if 0 <= q.volumes["limit"] < need:
+        print(f"bench: raising the volumes quota of project {lab.project_id} "
+              f"from {q.volumes['limit']} to {need}", file=sys.stderr)
+        lab.set_quota(volumes=need)
+
+
+def _all_in_use(lab, ids):
+    try:
+        return all(lab.user.volumes.get(v).status == "in-use" for v in ids)
+    except Exception:
+        return False
+
+
+# -- cgsnap set-up ----------------------------------------------------------------------------
+
+def configure_cgsnap(state_dir, max_parallel_creates=None):
+    from cgsnap.conf import CONF
+    CONF([], project="cgsnap", default_config_files=[])
+    CONF.set_override("state_dir", state_dir)
+    if max_parallel_creates:
+        CONF.set_override("max_parallel_creates", max_parallel_creates, group="snapshot")
+
+
+@contextlib.contextmanager
+def lean_persistence():
+    """Swap cgsnap.api._persistence for cgsnap.persistence.fetch_backend
+    (bench-only variant ``cgsnap-leanpersist``)."""
+    from cgsnap import api
+    from cgsnap import persistence as lean
+    orig = api._persistence
+    api._persistence = _lean_cached(lean.fetch_backend)
+    try:
+        yield
+    finally:
+        api._persistence = orig
+
+
+_LEAN = {}
+
+
+def _lean_cached(fetch):
+    def get(url):
+        if url not in _LEAN:
+            _LEAN[url] = fetch(url)
+        return _LEAN[url]
+    return get
+
+
+class PersistenceTimer:
+    """Times every TaskFlow logbook write (Connection.update_* / save_logbook)."""
+
+    METHODS = ("update_atom_details", "update_flow_details", "save_logbook")
+
+    def __init__(self, log):
+        self.log = log
+        self._orig = {}
+
+    def __enter__(self):
+        from taskflow.persistence.backends import impl_sqlalchemy as impl
+        for name in self.METHODS:
+            orig = getattr(impl.Connection, name)
+            self._orig[name] = orig
+
+            def wrapped(conn, *a, _orig=orig, _name=name, **kw):
+                t0 = time.monotonic()
+                try:
+                    return _orig(conn, *a, **kw)
+                finally:
+                    self.log.add("db." + _name, t0, time.monotonic())
+            setattr(impl.Connection, name, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        from taskflow.persistence.backends import impl_sqlalchemy as impl
+        for name, orig in self._orig.items():
+            setattr(impl.Connection, name, orig)

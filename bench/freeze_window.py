@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Freeze-window benchmark: cgsnap against Nova-style baselines, in one run.
+
+Every strategy runs in the same process on the same instance; repetitions
+alternate strategies (the order rotates each repetition) so that machine drift
+hits all of them alike; rows report medians.  The window is always measured
+the same way: from the start of hypervisor.freeze() to the return of
+hypervisor.thaw(), on libvirt's test driver (real libvirt API).
+
+Strategies
+  cgsnap               cgsnap.api.create_snapshot_set: the real create flow with its
+                       real persistence (SQLite in a temporary state_dir)
+  cgsnap-leanpersist   the same with cgsnap.persistence.fetch_backend (bench-only swap)
+  nova-sequential      creates one by one, then polls each snapshot with its own GET
+                       every 0.5 s until it leaves 'creating' (Nova's
+                       _wait_for_snapshots_completion, FixedIntervalLoopingCall(0.5))
+  sequential-fastpoll  creates one by one, then one list call per 0.05 s
+  raw-parallel         all creates at once from a warm pool, one list call per 0.05 s
+                       (bare client, no TaskFlow, no persistence)
+  group                one group snapshot of the instance's volume group, GET per 0.05 s
+  limit                model: L + measured freeze and thaw call time;
+                       cinder: best median window of the raw client strategies
+                       (nova-sequential, sequential-fastpoll, raw-parallel, group)
+
+  python bench/freeze_window.py --backend model --latency 0.2 --volumes 1,4,16,64 --reps 5
+  python bench/freeze_window.py --backend cinder --volumes 1,4,16 --reps 3 --json
+"""
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+from cgsnap import api, drivers, naming, testing  # noqa: E402
+from cgsnap.drivers import libvirt_driver  # noqa: E402
+from cgsnap.tasks import volume as volume_tasks  # noqa: E402
+
+FAST_POLL = 0.05
+NOVA_POLL = 0.5
+RAW = ("nova-sequential", "sequential-fastpoll", "raw-parallel", "group")
+ALL = ("cgsnap", "cgsnap-leanpersist") + RAW
+
+
+class Ctx:
+    """One instance under test, with instrumented drivers."""
+
+    def __init__(self, backend, hypervisor, instance_id, volume_ids, group_id, pool):
+        self.log = common.CallLog()
+        self.raw = backend
+        self.vols = common.CountingVolumes(backend, self.log)
+        self.hyp = common.TimedHypervisor(hypervisor, self.log)
+        self.instance_id = instance_id
+        self.volume_ids = volume_ids
+        self.group_id = group_id
+        self.pool = pool
+
+
+def _meta(set_id):
+    return {naming.META_SET_ID: set_id}
+
+
+def _poll_list(ctx, set_id, n):
+    while True:
+        t0 = time.monotonic()
+        snaps = ctx.vols.list_snapshots(set_id)
+        if len(snaps) >= n and all(s["status"] != "creating" for s in snaps):
+            return snaps
+        time.sleep(max(0.0, FAST_POLL - (time.monotonic() - t0)))
+
+
+def _check(snaps):
+    bad = [s for s in snaps if s["status"] != "available"]
+    if bad:
+        raise RuntimeError(f"snapshot went to {bad[0]['status']}")
+
+
+def run_nova_sequential(ctx, set_id):
+    ctx.hyp.freeze(ctx.instance_id)
+    try:
+        ids = [ctx.vols.create_snapshot(v, f"bench-{set_id[:8]}-{i}", _meta(set_id))["id"]
+               for i, v in enumerate(ctx.volume_ids)]
+        for sid in ids:  # FixedIntervalLoopingCall(interval=0.5), one snapshot after another
+            while True:
+                t0 = time.monotonic()
+                snap = ctx.vols.get_snapshot(sid)
+                if snap["status"] != "creating":
+                    _check([snap])
+                    break
+                time.sleep(max(0.0, NOVA_POLL - (time.monotonic() - t0)))
+    finally:
+        ctx.hyp.thaw(ctx.instance_id)
+    return {"set_id": set_id}
+
+
+def run_sequential_fastpoll(ctx, set_id):
+    ctx.hyp.freeze(ctx.instance_id)
+    try:
+        for i, v in enumerate(ctx.volume_ids):
+            ctx.vols.create_snapshot(v, f"bench-{set_id[:8]}-{i}", _meta(set_id))
+        _check(_poll_list(ctx, set_id, len(ctx.volume_ids)))
+    finally:
+        ctx.hyp.thaw(ctx.instance_id)
+    return {"set_id": set_id}
+
+
+def run_raw_parallel(ctx, set_id):
+    ctx.hyp.freeze(ctx.instance_id)
+    try:
+        futs = [ctx.pool.submit(ctx.vols.create_snapshot, v, f"bench-{set_id[:8]}-{i}",
+                                _meta(set_id)) for i, v in enumerate(ctx.volume_ids)]
+        for f in futs:
+            f.result()
+        _check(_poll_list(ctx, set_id, len(ctx.volume_ids)))
+    finally:
+        ctx.hyp.thaw(ctx.instance_id)
+    return {"set_id": set_id}
+
+
+def run_group(ctx, set_id):
+    ctx.hyp.freeze(ctx.instance_id)
+    try:
+        gs = ctx.vols.create_group_snapshot(ctx.group_id, f"bench-{set_id[:8]}", set_id)
+        while True:
+            t0 = time.monotonic()
+            status = ctx.vols.get_group_snapshot_status(gs)
+            if status != "creating":
+                break
+            time.sleep(max(0.0, FAST_POLL - (time.monotonic() - t0)))
+    finally:
+        ctx.hyp.thaw(ctx.instance_id)
+    if status != "available":
+        raise RuntimeError(f"group snapshot went to {status}")
+    return {"set_id": set_id, "group_snapshot": gs}
+
+
+def run_cgsnap(ctx, set_id):
+    drivers.override(drivers.DriverSet(ctx.hyp, ctx.vols))
+    doc = api.create_snapshot_set(ctx.instance_id, all_volumes=True)
+    return {"set_id": doc["id"], "manifest_window_s": doc["freeze"]["window_s"]}
+
+
+def run_cgsnap_lean(ctx, set_id):
+    with common.lean_persistence():
+        return run_cgsnap(ctx, set_id)
+
+
+RUNNERS = {"cgsnap": run_cgsnap, "cgsnap-leanpersist": run_cgsnap_lean,
+           "nova-sequential": run_nova_sequential,
+           "sequential-fastpoll": run_sequential_fastpoll, "raw-parallel": run_raw_parallel,
+           "group": run_group}
+
+
+def cleanup(ctx, out):
+    if "group_snapshot" in out:
+        ctx.raw.delete_group_snapshot(out["group_snapshot"], out["set_id"])
+    else:
+        volume_tasks.delete_set_snapshots(ctx.raw, out["set_id"], 180)
+
+
+def breakdown(events, t_f0, t_t1):
+    """Where a cgsnap window went (seconds), from the call log."""
+    fr = [e for e in events if e[0] == "freeze"][0]
+    th = [e for e in events if e[0] == "thaw"][-1]
+    creates = [e for e in events if e[0] == "create_snapshot"]
+    lists = [e for e in events if e[0] == "list_snapshots" and fr[1] <= e[1] <= th[2]]
+    db = [e for e in events if e[0].startswith("db.") and t_f0 <= e[1] <= t_t1]
+    if not creates or not lists:
+        return {}
+    c0 = min(e[1] for e in creates)
+    c1 = max(e[2] for e in creates)
+    l1 = max(e[2] for e in lists)
+    return {"freeze_call": fr[2] - fr[1], "freeze_to_first_create": c0 - fr[2],
+            "creates": c1 - c0, "wait_polls": l1 - c1, "last_poll_to_thaw": th[1] - l1,
+            "thaw_call": th[2] - th[1], "polls": len(lists),
+            "db_writes_in_window": len(db), "db_write_s_in_window": sum(e[2] - e[1] for e in db)}
+
+
+def run_one(ctx, strategy):
+    ctx.log.reset()
+    set_id = naming.new_set_id()
+    t0 = time.monotonic()
+    out = RUNNERS[strategy](ctx, set_id)
+    total = time.monotonic() - t0
+    events = ctx.log.snapshot()
+    window, fcall, tcall, t_f0, t_t1 = common.window_of(events)
+    calls = common.storage_calls([e for e in events if not e[0].startswith("db.")])
+    rec = {"window": window, "total": total, "api_calls": len(calls),
+           "api_calls_window": len(common.storage_calls(calls, t_f0, t_t1)),
+           "freeze_call": fcall, "thaw_call": tcall,
+           "create_calls": [e[2] - e[1] for e in calls if e[0] == "create_snapshot"]}
+    if strategy.startswith("cgsnap"):
+        rec["manifest_window_s"] = out.get("manifest_window_s")
+        rec["breakdown"] = breakdown(events, t_f0, t_t1)
+    try:
+        cleanup(ctx, out)
+    except Exception as e:  # keep benchmarking; report it
+        print(f"bench: cleanup of {out['set_id']} failed: {e}", file=sys.stderr)
+    return rec
+
+
+def summarize(strategy, backend, n, latency, recs):
+    row = {"strategy": strategy, "backend": backend, "volumes": n, "latency_s": latency,
+           "freeze_window_s": common.median([r["window"] for r in recs]),
+           "api_calls": common.median([r["api_calls"] for r in recs]),
+           "api_calls_window": common.median([r["api_calls_window"] for r in recs]),
+           "total_s": common.median([r["total"] for r in recs]), "reps": len(recs),
+           "window_min_s": min(r["window"] for r in recs),
+           "window_max_s": max(r["window"] for r in recs)}
+    if strategy.startswith("cgsnap"):
+        row["manifest_window_s"] = common.median([r["manifest_window_s"] for r in recs])
+        keys = recs[0]["breakdown"].keys()
+        row["breakdown"] = {k: common.median([r["breakdown"].get(k) for r in recs])
+                            for k in keys}
+    return row
+
+
+def setup_model(args, sizes, tmp):
+    backend = common.ModelBackend(args.latency, args.jitter, args.max_concurrency, args.tail)
+    domains, insts = [], {}
+    for n in sizes:
+        iid = testing.new_instance_id()
+        vids = [backend.add_volume(attached_to=[iid]) for _ in range(n)]
+        domains.append(testing.domain_xml(f"bench-{n}", iid, vids[0], vids[1:]))
+        insts[n] = {"instance_id": iid, "volume_ids": vids, "group_id": backend.make_group(vids)}
+    uri = testing.write_node(os.path.join(tmp, "node.xml"), domains)
+    return backend, libvirt_driver.LibvirtHypervisor(uri), insts
+
+
+def setup_cinder(sizes, tmp):
+    lab = testing.CinderLab(common.CLOUDS)
+    insts = common.cinder_instances(lab, {n: n for n in sizes}, "freeze-window")
+    domains = [testing.domain_xml(f"bench-{n}", e["instance_id"], e["volume_ids"][0],
+                                  e["volume_ids"][1:]) for n, e in insts.items()]
+    uri = testing.write_node(os.path.join(tmp, "node.xml"), domains)
+    return common.make_cinder_backend(), libvirt_driver.LibvirtHypervisor(uri), insts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=("model", "cinder"), default="model")
+    p.add_argument("--latency", type=float, default=0.2,
+                   help="model: time to a member's point in time (s)")
+    p.add_argument("--jitter", type=float, default=0.0, help="model: ± uniform jitter (s)")
+    p.add_argument("--tail", type=float, default=0.0,
+                   help="model: time a snapshot stays 'creating' after its create returns")
+    p.add_argument("--max-concurrency", type=int, default=None,
+                   help="model: cap on creates in flight (default: none)")
+    p.add_argument("--volumes", default="1,4,16,64")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--strategies", default=",".join(ALL))
+    p.add_argument("--max-parallel-creates", type=int, default=None,
+                   help="override cgsnap's [snapshot]max_parallel_creates (default: product "
+                        "default)")
+    p.add_argument("--json", action="store_true", help="print the JSON document")
+    p.add_argument("--out", help="also write the JSON document here")
+    args = p.parse_args(argv)
+    sizes = [int(x) for x in args.volumes.split(",") if x]
+    strategies = [s for s in args.strategies.split(",") if s]
+
+    tmp = tempfile.mkdtemp(prefix="cgsnap-bench-")
+    common.configure_cgsnap(os.path.join(tmp, "state"), args.max_parallel_creates)
+    if args.backend == "model":
+        backend, hyp, insts = setup_model(args, sizes, tmp)
+    else:
+        backend, hyp, insts = setup_cinder(sizes, tmp)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(sizes))
+    db_log = None
+    results = []
+    for n in sizes:
+        e = insts[n]
+        ctx = Ctx(backend, hyp, e["instance_id"], e["volume_ids"], e["group_id"], pool)
+        db_log = ctx.log
+        recs = {s: [] for s in strategies}
+        # warm-up (outside the measurement): imports, engine load, connections, pools
+        for s in strategies:
+            run_one(ctx, s)
+        with common.PersistenceTimer(db_log):
+            for rep in range(args.reps):
+                k = rep % len(strategies)
+                for s in strategies[k:] + strategies[:k]:
+                    recs[s].append(run_one(ctx, s))
+                    print(f"bench: {args.backend} N={n} rep {rep + 1}/{args.reps} {s}: "
+                          f"window {recs[s][-1]['window']:.3f}s", file=sys.stderr)
+        rows = []
+        latency = args.latency if args.backend == "model" else common.median(
+            [c for s in ("nova-sequential", "sequential-fastpoll") if s in recs
+             for r in recs[s] for c in r["create_calls"]])
+        for s in strategies:
+            rows.append(summarize(s, args.backend, n, latency, recs[s]))
+        allrecs = [r for s in strategies for r in recs[s]]
+        fcall = common.median([r["freeze_call"] for r in allrecs])
+        tcall = common.median([r["thaw_call"] for r in allrecs])
+        if args.backend == "model":
+            rounds = math.ceil(n / args.max_concurrency) if args.max_concurrency else 1
+            jit = args.jitter * (n - 1) / (n + 1)  # expected slowest of n uniform members
+            limit = rounds * args.latency + jit + args.tail + fcall + tcall
+            how = f"L + freeze call {fcall * 1e3:.2f} ms + thaw call {tcall * 1e3:.2f} ms"
+        else:
+            raw = [r for r in rows if r["strategy"] in RAW]
+            best = min(raw, key=lambda r: r["freeze_window_s"])
+            limit, how = best["freeze_window_s"], f"best raw strategy: {best['strategy']}"
+        rows.append({"strategy": "limit", "backend": args.backend, "volumes": n,
+                     "latency_s": latency, "freeze_window_s": limit, "api_calls": None,
+                     "total_s": None, "reps": args.reps, "how": how,
+                     "freeze_call_s": fcall, "thaw_call_s": tcall})
+        results.extend(rows)
+        print_table(rows, file=sys.stderr)
+    doc = {"results": results,
+           "params": {"backend": args.backend, "latency": args.latency, "jitter": args.jitter,
+                      "tail": args.tail, "max_concurrency": args.max_concurrency,
+                      "reps": args.reps, "max_parallel_creates": args.max_parallel_creates,
+                      "fast_poll_s": FAST_POLL, "nova_poll_s": NOVA_POLL}}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+    else:
+        print_table(results)
+    pool.shutdown()
+
+
+def print_table(rows, file=None):
+    file = file or sys.stdout
+    lim = {r["volumes"]: r["freeze_window_s"] for r in rows if r["strategy"] == "limit"}
+    print(f"{'strategy':21} {'N':>3} {'window_s':>9} {'x limit':>8} {'api':>6} {'total_s':>8}",
+          file=file)
+    for r in rows:
+        ratio = r["freeze_window_s"] / lim[r["volumes"]] if r["volumes"] in lim else None
+        api_calls = "" if r["api_calls"] is None else f"{r['api_calls']:.0f}"
+        total = "" if r["total_s"] is None else f"{r['total_s']:.3f}"
+        print(f"{r['strategy']:21} {r['volumes']:>3} {r['freeze_window_s']:>9.4f} "
+              f"{ratio:>8.3f} {api_calls:>6} {total:>8}", file=file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Proof 5: with real dev-cloud Cinder volumes behind the guest's disk serials,
+every Cinder snapshot is `available` before the guest is thawed."""
+
+import datetime
+import json
+import os
+import uuid
+
+import pytest
+
+from cgsnap import testing
+
+from .conftest import RealGuest, run_testguest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLOUDS = os.path.join(ROOT, ".devcloud", "clouds.yaml")
+
+
+def _ts(text):
+    return datetime.datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture
+def cinder_guest(libvirtd, tmp_path):
+    if not os.path.exists(CLOUDS):
+        pytest.fail("dev cloud not set up: run `make e2e` (it starts it)", pytrace=False)
+    lab = testing.CinderLab(CLOUDS)
+    vols = [lab.user.volumes.create(1, name=f"e2e-cinder-{i}") for i in range(3)]
+    for v in vols:
+        lab._wait_volume(v.id, "available")
+    name = f"cgsnap-e2e-cinder-{uuid.uuid4().hex[:6]}"
+    run_testguest("boot", name, "--fresh", "--interval", "0.02",
+              *[a for dev, v in zip(("vdb", "vdc", "vdd"), vols)
+                for a in ("--serial", f"{dev}={v.id}")], timeout=180)
+    guest = RealGuest(name, tmp_path)
+    for v in vols:
+        lab.attach(v.id, guest.id)
+    guest.conf.write_text(guest.conf.read_text() + (
+        f"[openstack]\ncloud = devcloud\nclouds_yaml = {CLOUDS}\n"))
+    yield guest, lab, [v.id for v in vols]
+    try:
+        assert guest.freeze_status() == "thawed"
+    finally:
+        run_testguest("destroy", name)
+        lab.delete_volumes([v.id for v in vols])
+
+
+def test_cinder_snapshots_are_available_before_the_thaw(cinder_guest):
+    guest, lab, volume_ids = cinder_guest
+    rc, out, err = guest.cgsnap("create", "--all-volumes", guest.name, "-f", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    kinds = {m["device"]: m["kind"] for m in doc["members"]}
+    assert kinds == {"vda": "local-qcow2", "vdb": "cinder-snapshot",
+                     "vdc": "cinder-snapshot", "vdd": "cinder-snapshot"}
+    assert doc["consistency"] == "filesystem" and doc["freeze"]["filesystems_frozen"] == 4
+    thaw_issued = _ts(doc["freeze"]["thaw_started_at"])
+    froze = _ts(doc["freeze"]["started_at"])
+    snaps = {s.id: s for s in lab.user.volume_snapshots.list()
+             if (s.metadata or {}).get("cgsnap_set_id") == doc["id"]}
+    assert {s.volume_id for s in snaps.values()} == set(volume_ids)
+    for s in snaps.values():
+        # Cinder's own record: created after the freeze, and its last status
+        # change (creating -> available) happened before the thaw was issued.
+        assert s.status == "available"
+        assert froze <= _ts(s.created_at) <= _ts(s.updated_at) <= thaw_issued, (
+            s.id, s.created_at, s.updated_at, doc["freeze"])
+    assert guest.cgsnap("delete", doc["id"])[0] == 0
+    assert not [s for s in lab.user.volume_snapshots.list()
+                if (s.metadata or {}).get("cgsnap_set_id") == doc["id"]]
