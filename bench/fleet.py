@@ -23,6 +23,7 @@ cgsnap's median throughput as a fraction of raw's median.
 import argparse
 import concurrent.futures
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -88,6 +89,7 @@ def main(argv=None):
     p.add_argument("--out")
     args = p.parse_args(argv)
     phases = [x for x in args.phases.split(",") if x]
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "connection pool is full"
 
     tmp = tempfile.mkdtemp(prefix="cgsnap-fleet-")
     common.configure_cgsnap(os.path.join(tmp, "state"))
@@ -133,7 +135,7 @@ def main(argv=None):
                      "elapsed_s": common.median([r["elapsed_s"] for r in runs[ph]]),
                      "fraction_of_raw": rate / raw if raw else None,
                      "errors": sum(len(r["errors"]) for r in runs[ph])})
-    doc = {"results": rows, "runs": runs}
+    doc = {"results": rows, "runs": runs, "command": _command()}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)
@@ -151,6 +153,12 @@ def _persist(phase):
     import contextlib
     return common.lean_persistence() if phase == "cgsnap-leanpersist" else \
         contextlib.nullcontext()
+
+
+
+def _command():
+    rel = os.path.relpath(os.path.abspath(sys.argv[0]), common.ROOT)
+    return " ".join([".venv/bin/python", rel] + sys.argv[1:])
 
 
 if __name__ == "__main__":

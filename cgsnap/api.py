@@ -148,11 +148,22 @@ def _verify_nothing_left(drv, cat, set_id):
         doc = cat.get(set_id, verify=False)
     except exception.NotFound:
         return  # failed before anything was recorded: nothing was created
-    if any(m["kind"] == manifest.KIND_LOCAL_QCOW2 for m in doc["members"]):
+    if any(m["kind"] in (manifest.KIND_LOCAL_QCOW2, manifest.KIND_GLANCE_IMAGE)
+           for m in doc["members"]):
         from cgsnap.tasks import local
         if os.path.isdir(local.set_dir(set_id)) and os.listdir(local.set_dir(set_id)):
             raise exception.CleanupIncomplete(
                 f"set {set_id} failed and files remain in {local.set_dir(set_id)}")
+    if any(m["kind"] == manifest.KIND_GLANCE_IMAGE for m in doc["members"]):
+        try:
+            images = drv.images.list_images(set_id)
+        except exception.CgsnapError as e:
+            raise exception.CleanupIncomplete(
+                f"could not verify the cleanup of set {set_id}: {e}") from None
+        if images:
+            raise exception.CleanupIncomplete(
+                f"set {set_id} failed and {len(images)} Glance image(s) could not be deleted: "
+                + ", ".join(i["id"] for i in images))
     if not any(m["kind"] == manifest.KIND_CINDER_SNAPSHOT for m in doc["members"]):
         return
     try:

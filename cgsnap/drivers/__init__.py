@@ -17,6 +17,7 @@ from cgsnap.drivers.base import Hypervisor, VolumeBackend
 class DriverSet:
     hypervisor: Hypervisor
     volumes: Optional[VolumeBackend]
+    images: Optional[object] = None
 
 
 class _ConfiguredDriverSet:
@@ -34,6 +35,12 @@ class _ConfiguredDriverSet:
         from cgsnap.conf import CONF
         from cgsnap.drivers import cinder
         return cinder.CinderBackend.from_config(CONF)
+
+    @functools.cached_property
+    def images(self):
+        from cgsnap.conf import CONF
+        from cgsnap.drivers import glance
+        return glance.GlanceBackend.from_config(CONF)
 
 
 _lock = threading.Lock()

@@ -164,6 +164,10 @@ class LibvirtHypervisor:
         return int(n)
 
     # -- local (file-backed) disks: external snapshots, real hypervisors only ----
+    def supports_disk_snapshots(self):
+        """libvirt's test driver rejects disk-only snapshots; QEMU supports them."""
+        return not self.uri.startswith("test:")
+
     def disk_source(self, instance_id, device):
         """The file a disk currently points at (its active layer)."""
         for disk in parse_disks(self._domain(instance_id).XMLDesc(0)):
@@ -198,23 +202,42 @@ class LibvirtHypervisor:
                 f"disk-only snapshot of {dom.name()} failed: {e.get_error_message()}") from None
         faults.point("hypervisor.snapshot_disks.after")
 
+    def block_job_active(self, instance_id, device):
+        try:
+            return bool(self._domain(instance_id).blockJobInfo(device, 0))
+        except libvirt.libvirtError:
+            return False
+
     def commit_active_layer(self, instance_id, device, deadline_s=60.0):
         """Merge a disk's active overlay back into its backing file and pivot
-        to it (the disk chain ends as it began)."""
+        to it (the disk chain ends as it began).  On failure the job is
+        aborted, so the disk is never left inside a block job."""
         dom = self._domain(instance_id)
         faults.point("hypervisor.block_commit")
         flags = (libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+
+        def _try_pivot():
+            # The job may only pivot once it is "ready" (mirroring); libvirt
+            # refuses earlier, so the pivot itself is the readiness probe.
+            try:
+                dom.blockJobAbort(device, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() in (libvirt.VIR_ERR_BLOCK_COPY_ACTIVE,
+                                          libvirt.VIR_ERR_OPERATION_INVALID):
+                    return False
+                raise
+
         try:
             dom.blockCommit(device, None, None, 0, flags)
-            info = wait.poll(lambda: dom.blockJobInfo(device, 0),
-                             lambda i: not i or i.get("cur") == i.get("end"),
-                             deadline_s, 0.01, 0.2, what=f"block commit of {device}")
-            if not info:
-                raise exception.SnapshotFailed(f"block commit job of {device} vanished")
-            dom.blockJobAbort(device, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            wait.poll(_try_pivot, bool, deadline_s, 0.01, 0.2, what=f"block commit of {device}")
             wait.poll(lambda: dom.blockJobInfo(device, 0), lambda info: not info,
                       deadline_s, 0.01, 0.2, what=f"pivot of {device}")
-        except libvirt.libvirtError as e:
+        except (libvirt.libvirtError, exception.WaitTimeout) as e:
+            try:
+                dom.blockJobAbort(device, 0)
+            except libvirt.libvirtError:
+                pass
+            msg = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
             raise exception.SnapshotFailed(
-                f"block commit of {device} on {dom.name()} failed: {e.get_error_message()}") \
-                from None
+                f"block commit of {device} on {dom.name()} failed: {msg}") from None

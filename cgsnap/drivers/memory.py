@@ -127,3 +127,29 @@ class MemoryVolumeBackend:
                     f"delete snapshot {snapshot_id}: snapshot is still creating")
             snap["status"] = "deleting"
             snap["_ready_at"] = time.monotonic()
+
+
+class MemoryImageBackend:
+    """An in-process image store with Glance's interface (unit tests)."""
+
+    def __init__(self):
+        self.images = {}
+
+    def ping(self):
+        faults.point("image.ping")
+
+    def upload_image(self, name, path, metadata, disk_format="qcow2"):
+        faults.point("image.create")
+        import os
+        iid = str(uuid.uuid4())
+        self.images[iid] = {"id": iid, "name": name, "status": "active",
+                            "size": os.path.getsize(path), "metadata": dict(metadata)}
+        return dict(self.images[iid])
+
+    def list_images(self, set_id):
+        return [dict(i) for i in self.images.values()
+                if i["metadata"].get(naming.META_SET_ID) == set_id]
+
+    def delete_image(self, image_id):
+        faults.point("image.delete")
+        self.images.pop(image_id, None)

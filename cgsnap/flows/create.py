@@ -3,11 +3,11 @@
 ::
 
     DiscoverInstance -> RecordSet -> CheckRootDisk -> CheckVolumes -> CheckQuota
-      -> CheckLocalDisks -> CheckAgent
-      -> CleanupVolumeSnapshots, CleanupLocalDisks          (revert-only)
+      -> CheckLocalDisks -> CheckImageStore -> CheckAgent
+      -> CleanupVolumeSnapshots, CleanupImages, CleanupLocalDisks   (revert-only)
       -> FreezeGuest -> SnapshotLocalDisks -> SnapshotVolumes -> ThawGuest
                                                             ^ the freeze window
-      -> ExportLocalDisks -> FinalizeSet
+      -> ExportLocalDisks -> UploadRootImage -> FinalizeSet
 
 Everything that can refuse the operation runs before FreezeGuest.  Inside the
 window there are only the snapshot creates and the wait for them.  A failure
@@ -20,12 +20,13 @@ Store inputs: ``instance_ref`` (name or UUID), ``set_id``, ``options`` (dict).
 
 from taskflow.patterns import linear_flow
 
-from cgsnap.tasks import catalog, hypervisor, local, volume
+from cgsnap.tasks import catalog, hypervisor, image, local, volume
 
 FLOW_NAME = "cgsnap-create"
 REQUIRES = frozenset({"instance_ref", "set_id", "options"})
 PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "local_plan", "agent", "freeze",
-                      "local_cut", "volume_snapshots", "thaw", "local_copies", "result"})
+                      "local_cut", "volume_snapshots", "thaw", "local_copies", "root_images",
+                      "result"})
 
 
 def create_flow(drivers=None):
@@ -39,14 +40,17 @@ def create_flow(drivers=None):
         volume.CheckVolumes(drivers),
         volume.CheckQuota(drivers),
         local.CheckLocalDisks(drivers),
+        image.CheckImageStore(drivers),
         hypervisor.CheckAgent(drivers),
         volume.CleanupVolumeSnapshots(drivers),
+        image.CleanupImages(drivers),
         local.CleanupLocalDisks(drivers),
         hypervisor.FreezeGuest(drivers),
         local.SnapshotLocalDisks(drivers),
         volume.SnapshotVolumes(drivers),
         hypervisor.ThawGuest(drivers),
         local.ExportLocalDisks(drivers),
+        image.UploadRootImage(drivers),
         catalog.FinalizeSet(drivers),
     )
     return flow

@@ -1,6 +1,7 @@
 """The delete flow: remove every member of a set, then its manifest.
 
-``MarkSetDeleting -> DeleteVolumeSnapshots -> DeleteLocalCopies -> RemoveManifest``; a failure
+``MarkSetDeleting -> DeleteVolumeSnapshots -> DeleteImages -> DeleteLocalCopies
+-> RemoveManifest``; a failure
 leaves the manifest in ``error_deleting`` with the reason, and a re-run of
 the delete picks up where it stopped (members are found by metadata).
 
@@ -9,7 +10,7 @@ Store inputs: ``set_id``.
 
 from taskflow.patterns import linear_flow
 
-from cgsnap.tasks import catalog, local, volume
+from cgsnap.tasks import catalog, image, local, volume
 
 FLOW_NAME = "cgsnap-delete"
 REQUIRES = frozenset({"set_id"})
@@ -21,6 +22,7 @@ def delete_flow(drivers=None):
     flow.add(
         catalog.MarkSetDeleting(drivers),
         volume.DeleteVolumeSnapshots(drivers),
+        image.DeleteImages(drivers),
         local.DeleteLocalCopies(drivers),
         catalog.RemoveManifest(drivers),
     )

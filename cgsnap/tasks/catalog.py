@@ -61,7 +61,8 @@ class FinalizeSet(CgsnapTask):
 
     default_provides = "result"
 
-    def execute(self, manifest, agent, freeze, thaw, volume_snapshots, local_copies):
+    def execute(self, manifest, agent, freeze, thaw, volume_snapshots, local_copies,
+                root_images):
         self.fault_point()
         doc = dict(manifest)
         by_name = {s["name"]: s for s in volume_snapshots}
@@ -72,6 +73,10 @@ class FinalizeSet(CgsnapTask):
             if snap:
                 m.update(snapshot_id=snap["id"], status=snap["status"], size_gb=snap["size_gb"])
             copy = local_copies.get(m["device"]) if m["kind"] == "local-qcow2" else None
+            img = root_images.get(m["device"]) if m["kind"] == "glance-image" else None
+            if img:
+                m.update(image_id=img["id"], status="available",
+                         size_gb=max(1, -(-(img["size"] or 0) // (1 << 30))))
             if copy:
                 m.update(path=copy["path"], status="available",
                          size_gb=max(1, -(-copy["size_bytes"] // (1 << 30))))

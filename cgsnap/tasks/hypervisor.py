@@ -25,19 +25,20 @@ class DiscoverInstance(CgsnapTask):
 
 
 class CheckRootDisk(CgsnapTask):
-    """Refuse an image-backed root before any freeze: its capture to Glance
-    needs a real hypervisor path (disk-only snapshot + upload) that this
-    hypervisor driver does not offer yet.  ``--exclude-root`` skips it."""
+    """Refuse an image-backed root before any freeze when the hypervisor
+    cannot take the disk-only snapshot its capture to Glance needs (libvirt's
+    test driver).  ``--exclude-root`` skips the root."""
 
     def execute(self, manifest):
         self.fault_point()
         for member in manifest["members"]:
-            if member["role"] == "root" and member["kind"] == manifest_mod.KIND_GLANCE_IMAGE:
+            if (member["role"] == "root" and member["kind"] == manifest_mod.KIND_GLANCE_IMAGE
+                    and not self.drivers.hypervisor.supports_disk_snapshots()):
                 raise exception.Refused(
                     f"root disk {member['device']} of instance {manifest['instance_name']} is "
-                    "image-backed; capturing it to Glance is not supported yet: use "
-                    "--exclude-root to snapshot only the volumes, or set "
-                    "[snapshot]local_disks=qcow2 to copy it locally")
+                    f"image-backed and {self.drivers.hypervisor.uri} cannot take the disk-only "
+                    "snapshot needed to capture it: use --exclude-root to snapshot only the "
+                    "volumes")
 
 
 class CheckAgent(CgsnapTask):

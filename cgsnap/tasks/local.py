@@ -1,6 +1,8 @@
-"""Tasks for file-backed disks on the hypervisor host (``local_disks = qcow2``).
+"""Tasks for file-backed disks on the hypervisor host.
 
-For plain libvirt/KVM hosts, and for an image-backed root: inside the freeze
+Used for local disks (``local_disks = qcow2``, plain libvirt/KVM hosts) and
+for an image-backed root (then :mod:`.image` uploads the copy to Glance).
+Inside the freeze
 window one atomic disk-only external snapshot switches every local disk to a
 new overlay, which freezes the original file in time.  After the thaw the
 original is copied to a standalone qcow2 in ``local_dir/<set id>/`` and the
@@ -21,8 +23,13 @@ from cgsnap.tasks.base import CgsnapTask
 LOG = logging.getLogger(__name__)
 
 
-def local_members(manifest):
-    return [m for m in manifest["members"] if m["kind"] == manifest_mod.KIND_LOCAL_QCOW2]
+OVERLAY_KINDS = (manifest_mod.KIND_LOCAL_QCOW2, manifest_mod.KIND_GLANCE_IMAGE)
+
+
+def overlay_members(manifest):
+    """Members cut by an external disk-only snapshot on the host: local disks
+    (kept as a local copy) and an image-backed root (uploaded to Glance)."""
+    return [m for m in manifest["members"] if m["kind"] in OVERLAY_KINDS]
 
 
 def set_dir(set_id):
@@ -38,9 +45,13 @@ class CheckLocalDisks(CgsnapTask):
 
     def execute(self, set_id, manifest, instance):
         self.fault_point()
-        members = local_members(manifest)
+        members = overlay_members(manifest)
         if not members:
             return {}
+        if not self.drivers.hypervisor.supports_disk_snapshots():
+            raise exception.Refused(
+                f"disks {', '.join(m['device'] for m in members)} are file-backed and "
+                f"{self.drivers.hypervisor.uri} cannot take disk-only snapshots")
         disks = {d["device"]: d for d in instance["disks"]}
         out_dir = set_dir(set_id)
         try:
@@ -56,8 +67,12 @@ class CheckLocalDisks(CgsnapTask):
                     "disks can be captured locally")
             if not os.path.isfile(disk["source"]):
                 raise exception.Refused(f"disk {m['device']}: {disk['source']} is not readable")
+            if self.drivers.hypervisor.block_job_active(instance["id"], m["device"]):
+                raise exception.Refused(
+                    f"disk {m['device']} of {instance['name']} is busy in a block job "
+                    "(another snapshot, copy or commit); try again when it ends")
             need += os.path.getsize(disk["source"])
-            plan[m["device"]] = {"base": disk["source"], "name": m["name"],
+            plan[m["device"]] = {"base": disk["source"], "name": m["name"], "kind": m["kind"],
                                  "overlay": os.path.join(out_dir, f"{m['name']}.overlay.qcow2"),
                                  "copy": os.path.join(out_dir, f"{m['name']}.qcow2")}
         free = shutil.disk_usage(out_dir).free

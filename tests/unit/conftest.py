@@ -22,7 +22,8 @@ class Guest:
             str(tmp_path / "node.xml"),
             [testing.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
         self.hypervisor = libvirt_driver.LibvirtHypervisor(self.uri)
-        drivers.override(drivers.DriverSet(self.hypervisor, self.backend))
+        self.images = memory.MemoryImageBackend()
+        drivers.override(drivers.DriverSet(self.hypervisor, self.backend, self.images))
 
     @property
     def domain(self):

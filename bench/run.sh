@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerate bench/RESULTS.md, bench/freeze_window.png and bench/results/*.json
+# (`make bench`).  Needs the dev cloud (started here if down) and .venv.
+# About 8-10 minutes on 2 vCPUs (the first run also creates ~120 Cinder volumes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+OUT=bench/results
+mkdir -p "$OUT"
+
+$PY -c 'import matplotlib' 2>/dev/null || $PY -m pip install -q -r bench/requirements.txt
+tools/devcloud/devcloud.sh status >/dev/null 2>&1 || tools/devcloud/devcloud.sh start
+
+step() { echo "bench: $*" >&2; }
+step "model backend, N=1,4,16 (5 reps)"
+$PY bench/freeze_window.py --backend model --latency 0.2 --volumes 1,4,16 --reps 5 \
+    --out "$OUT/model.json" >/dev/null
+step "model backend, N=64 (3 reps)"
+$PY bench/freeze_window.py --backend model --latency 0.2 --volumes 64 --reps 3 \
+    --out "$OUT/model64.json" >/dev/null
+step "dev Cinder, N=1,4,16 (3 reps)"
+$PY bench/freeze_window.py --backend cinder --volumes 1,4,16 --reps 3 \
+    --out "$OUT/cinder.json" >/dev/null
+step "fleet, 24 x 4 volumes, 8 workers"
+$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 1 \
+    --out "$OUT/fleet.json" >/dev/null
+$PY bench/report.py "$OUT"
