@@ -52,11 +52,13 @@ class RealGuest:
         self.conf = tmp_path / "cgsnap.conf"
         self.write_conf()
 
-    def write_conf(self, extra=""):
-        self.conf.write_text(
-            f"[DEFAULT]\nstate_dir = {self.tmp}/state\n"
-            f"[libvirt]\nuri = {URI}\nfreeze_timeout = 30\n"
-            f"[snapshot]\nlocal_disks = qcow2\nlocal_dir = {self.tmp}/local\n{extra}")
+    def write_conf(self, local_disks="qcow2", clouds_yaml=None):
+        text = (f"[DEFAULT]\nstate_dir = {self.tmp}/state\n"
+                f"[libvirt]\nuri = {URI}\nfreeze_timeout = 30\n"
+                f"[snapshot]\nlocal_disks = {local_disks}\nlocal_dir = {self.tmp}/local\n")
+        if clouds_yaml:
+            text += f"[openstack]\ncloud = devcloud\nclouds_yaml = {clouds_yaml}\n"
+        self.conf.write_text(text)
 
     def cgsnap(self, *argv):
         out, err = io.StringIO(), io.StringIO()

@@ -1,5 +1,9 @@
-"""Proof 5: with real dev-cloud Cinder volumes behind the guest's disk serials,
-every Cinder snapshot is `available` before the guest is thawed."""
+"""A Nova-like layout on the real guest: the data disks carry the serials of
+real dev-cloud Cinder volumes attached to the instance.
+
+* Proof 5: every Cinder snapshot is `available` before the guest is thawed.
+* The image-backed root goes to real Glance after the thaw, with the set's
+  metadata, and the domain's disk chain ends as it began."""
 
 import datetime
 import json
@@ -10,7 +14,7 @@ import pytest
 
 from cgsnap import testing
 
-from .conftest import RealGuest, run_testguest
+from .conftest import RealGuest, inspect_image, run_testguest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLOUDS = os.path.join(ROOT, ".devcloud", "clouds.yaml")
@@ -20,8 +24,9 @@ def _ts(text):
     return datetime.datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=datetime.timezone.utc)
 
 
-@pytest.fixture
-def cinder_guest(libvirtd, tmp_path):
+@pytest.fixture(scope="module")
+def cinder_guest(libvirtd, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cinder-guest")
     if not os.path.exists(CLOUDS):
         pytest.fail("dev cloud not set up: run `make e2e` (it starts it)", pytrace=False)
     lab = testing.CinderLab(CLOUDS)
@@ -35,8 +40,7 @@ def cinder_guest(libvirtd, tmp_path):
     guest = RealGuest(name, tmp_path)
     for v in vols:
         lab.attach(v.id, guest.id)
-    guest.conf.write_text(guest.conf.read_text() + (
-        f"[openstack]\ncloud = devcloud\nclouds_yaml = {CLOUDS}\n"))
+    guest.write_conf(local_disks="qcow2", clouds_yaml=CLOUDS)
     yield guest, lab, [v.id for v in vols]
     try:
         assert guest.freeze_status() == "thawed"
@@ -47,6 +51,7 @@ def cinder_guest(libvirtd, tmp_path):
 
 def test_cinder_snapshots_are_available_before_the_thaw(cinder_guest):
     guest, lab, volume_ids = cinder_guest
+    guest.write_conf(local_disks="qcow2", clouds_yaml=CLOUDS)  # the root stays local here
     rc, out, err = guest.cgsnap("create", "--all-volumes", guest.name, "-f", "json")
     assert rc == 0, err
     doc = json.loads(out)
@@ -68,3 +73,34 @@ def test_cinder_snapshots_are_available_before_the_thaw(cinder_guest):
     assert guest.cgsnap("delete", doc["id"])[0] == 0
     assert not [s for s in lab.user.volume_snapshots.list()
                 if (s.metadata or {}).get("cgsnap_set_id") == doc["id"]]
+
+
+def test_image_backed_root_is_uploaded_to_glance_after_the_thaw(cinder_guest, tmp_path):
+    guest, lab, volume_ids = cinder_guest
+    guest.write_conf(local_disks="skip", clouds_yaml=CLOUDS)  # the root goes to Glance
+    before = guest.disk_sources()
+    rc, out, err = guest.cgsnap("create", "--all-volumes", guest.name, "-f", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    root = [m for m in doc["members"] if m["role"] == "root"][0]
+    assert root["kind"] == "glance-image" and root["status"] == "available"
+    assert guest.disk_sources() == before  # committed back and pivoted
+    from cgsnap.conf import CONF
+    from cgsnap.drivers import glance
+    from cgsnap.drivers.cinder import _session_from_config
+    gl = glance.GlanceBackend(_session_from_config(CONF)[0])
+    images = gl.list_images(doc["id"])
+    assert [i["id"] for i in images] == [root["image_id"]]
+    img = gl.client.images.get(root["image_id"])
+    assert img["status"] == "active" and img["name"] == root["name"]
+    assert img["cgsnap_set_id"] == doc["id"] and img["cgsnap_role"] == "root"
+    assert img["cgsnap_instance_id"] == guest.id
+    # The uploaded root is a clean ext4 taken inside the freeze: its marker file is there.
+    path = tmp_path / "root.qcow2"
+    with open(path, "wb") as f:
+        for chunk in gl.client.images.data(root["image_id"]):
+            f.write(chunk)
+    _, needs_recovery, fsck_rc = inspect_image(str(path), tmp_path)
+    assert not needs_recovery and fsck_rc == 0
+    assert guest.cgsnap("delete", doc["id"])[0] == 0
+    assert gl.list_images(doc["id"]) == []
