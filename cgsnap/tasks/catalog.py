@@ -85,7 +85,8 @@ class FinalizeSet(CgsnapTask):
         doc["status"] = manifest_mod.STATUS_AVAILABLE
         doc["consistency"] = freeze["mode"]
         doc["freeze"] = {
-            "started_at": freeze["started_at"], "thaw_started_at": thaw["started_at"],
+            "started_at": freeze["started_at"], "frozen_at": freeze["frozen_at"],
+            "thaw_started_at": thaw["started_at"],
             "ended_at": thaw["ended_at"],
             "window_s": thaw["window_s"], "filesystems_frozen": freeze["frozen"],
             "filesystems_thawed": thaw["thawed"],

@@ -79,12 +79,13 @@ class FreezeGuest(CgsnapTask):
         self.fault_point()
         if not agent["reachable"]:
             return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0,
-                    "started_at": None, "started_mono": None}
+                    "started_at": None, "frozen_at": None, "started_mono": None}
         started_at = manifest_mod.isotime()
         started = time.monotonic()
         frozen = self.drivers.hypervisor.freeze(instance["id"])
         return {"mode": manifest_mod.CONSISTENCY_FILESYSTEM, "frozen": frozen,
-                "started_at": started_at, "started_mono": started}
+                "started_at": started_at, "frozen_at": manifest_mod.isotime(),
+                "started_mono": started}
 
     def revert(self, instance, agent, result, **kwargs):
         if not agent.get("reachable"):

@@ -110,7 +110,7 @@ def real_guest(real_guest_name, tmp_path):
 
 
 class Sampler(threading.Thread):
-    """Samples a function every ``interval`` seconds: [(monotonic time, value)]."""
+    """Samples a function every ``interval`` seconds: [(wall-clock time, value)]."""
 
     def __init__(self, fn, interval=0.005):
         super().__init__(daemon=True)
@@ -121,9 +121,9 @@ class Sampler(threading.Thread):
     def run(self):
         while not self._stop_evt.is_set():
             try:
-                self.samples.append((time.monotonic(), self.fn()))
+                self.samples.append((time.time(), self.fn()))
             except Exception as e:  # noqa: BLE001 - recorded, the test decides
-                self.samples.append((time.monotonic(), e))
+                self.samples.append((time.time(), e))
             self._stop_evt.wait(self.interval)
 
     def stop(self):

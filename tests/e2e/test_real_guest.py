@@ -2,6 +2,7 @@
 that shows the test can fail), cross-disk consistency, a real and short
 freeze, thaw on every failure, and Cinder snapshots available before thaw."""
 
+import datetime
 import json
 import os
 import statistics
@@ -19,6 +20,11 @@ def _create(guest, *extra):
     rc, out, err = guest.cgsnap("create", "--all-volumes", guest.name, "-f", "json", *extra)
     assert rc == 0, err
     return json.loads(out)
+
+
+def _epoch(iso):
+    return datetime.datetime.fromisoformat(iso.rstrip("Z")).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _seq_invariant(s1, s2, s3):
@@ -46,15 +52,20 @@ def test_frozen_sets_are_filesystem_and_cross_disk_consistent(real_guest, tmp_pa
         # Proof 2: the cut is one point in time across the three data disks.
         s1, s2, s3 = (seqs[d] for d in DATA)
         assert s1 and _seq_invariant(s1, s2, s3), seqs
-        # Proof 3: the workload stalls for about the recorded window, then resumes.
-        stall, _, _ = longest_stall(samples)
-        window = doc["freeze"]["window_s"]
-        windows.append(window)
-        stalls.append(stall)
-        assert stall >= 0.5 * window, (stall, window)
-        assert stall <= window + 0.5, (stall, window)
+        # Proof 3: while the guest is quiesced (freeze call returned .. thaw
+        # issued) the workload makes no progress (one console line may still
+        # be in flight), and it resumes after the thaw (wait_progress above).
+        frozen_at, thaw_at = (_epoch(doc["freeze"][k]) for k in ("frozen_at", "thaw_started_at"))
+        inside = [v for t, v in samples if frozen_at <= t <= thaw_at]
+        assert inside and max(inside) - min(inside) <= 1, (inside[:3], inside[-3:])
+        windows.append(doc["freeze"]["window_s"])
+        stalls.append(longest_stall(samples)[0])
         assert real_guest.cgsnap("delete", doc["id"])[0] == 0
         assert not os.path.exists(os.path.dirname(doc["members"][0]["path"]))
+    # ... and the longest stall is about the recorded window (medians: TCG
+    # guests on a loaded 2-CPU host have their own scheduling hiccups).
+    assert 0.5 * statistics.median(windows) <= statistics.median(stalls) \
+        <= statistics.median(windows) + 0.5, (windows, stalls)
     print(f"\nreal guest: freeze window median {statistics.median(windows) * 1000:.0f} ms, "
           f"workload stall median {statistics.median(stalls) * 1000:.0f} ms over 5 sets")
 
