@@ -12,6 +12,7 @@ Strategies
                        real persistence (SQLite in a temporary state_dir)
   cgsnap-leanpersist   the same with cgsnap.persistence.fetch_backend (bench-only swap)
   cgsnap-lean-pool64   cgsnap-leanpersist with a 64-thread fan-out pool (product: 16)
+  cgsnap-lean-poll0.1  cgsnap-leanpersist with the poll interval capped at 0.1 s (product: 1 s)
   nova-sequential      creates one by one, then polls each snapshot with its own GET
                        every 0.5 s until it leaves 'creating' (Nova's
                        _wait_for_snapshots_completion, FixedIntervalLoopingCall(0.5))
@@ -48,7 +49,8 @@ from cgsnap.tasks import volume as volume_tasks  # noqa: E402
 FAST_POLL = 0.05
 NOVA_POLL = 0.5
 RAW = ("nova-sequential", "sequential-fastpoll", "raw-parallel", "group")
-ALL = ("cgsnap", "cgsnap-leanpersist", "cgsnap-lean-pool64") + RAW
+CGSNAP = ("cgsnap", "cgsnap-leanpersist", "cgsnap-lean-pool64", "cgsnap-lean-poll0.1")
+ALL = CGSNAP + RAW
 
 
 class Ctx:
@@ -168,8 +170,20 @@ def run_cgsnap_lean_pool64(ctx, set_id):
         volume_tasks._pool = saved
 
 
+def run_cgsnap_lean_poll(ctx, set_id):
+    """Lean persistence and the set's poll interval capped at 0.1 s (product: doubling
+    from 0.05 s up to [snapshot]poll_max_interval = 1 s)."""
+    from cgsnap.conf import CONF
+    CONF.set_override("poll_max_interval", 0.1, group="snapshot")
+    try:
+        return run_cgsnap_lean(ctx, set_id)
+    finally:
+        CONF.clear_override("poll_max_interval", group="snapshot")
+
+
 RUNNERS = {"cgsnap": run_cgsnap, "cgsnap-leanpersist": run_cgsnap_lean,
            "cgsnap-lean-pool64": run_cgsnap_lean_pool64,
+           "cgsnap-lean-poll0.1": run_cgsnap_lean_poll,
            "nova-sequential": run_nova_sequential,
            "sequential-fastpoll": run_sequential_fastpoll, "raw-parallel": run_raw_parallel,
            "group": run_group}

@@ -11,7 +11,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["cgsnap", "cgsnap-leanpersist", "cgsnap-lean-pool64", "nova-sequential",
+VARIANTS = ("cgsnap", "cgsnap-leanpersist", "cgsnap-lean-pool64", "cgsnap-lean-poll0.1")
+ORDER = list(VARIANTS) + ["nova-sequential",
          "sequential-fastpoll", "raw-parallel", "group", "limit"]
 
 
@@ -106,8 +107,8 @@ def find(rows, strategy, n):
 
 
 def acceptance(model, cinder, fleet):
-    out = ["| # | target | cgsnap (product as is) | met? | cgsnap-leanpersist | "
-           "cgsnap-lean-pool64 |", "|---|---|---:|:---:|---:|---:|"]
+    out = ["| # | target | cgsnap (product as is) | met? | "
+           + " | ".join(VARIANTS[1:]) + " |", "|---|---|---:|:---:|" + "---:|" * 3]
 
     def ratio(rows, s, n):
         r, lim = find(rows, s, n), find(rows, "limit", n)
@@ -118,9 +119,9 @@ def acceptance(model, cinder, fleet):
 
     def line(num, text, vals, ok):
         out.append(f"| {num} | {text} | {fmt(vals[0])} | {'yes' if ok else '**no**'} | "
-                   f"{fmt(vals[1])} | {fmt(vals[2])} |")
+                   + " | ".join(fmt(v) for v in vals[1:]) + " |")
 
-    variants = ("cgsnap", "cgsnap-leanpersist", "cgsnap-lean-pool64")
+    variants = VARIANTS
     if model:
         v = [ratio(model, s, 16) for s in variants]
         line("2a", "model L=0.2 N=16: window / limit <= 1.15", v, v[0] is not None and v[0] <= 1.15)
@@ -186,6 +187,7 @@ def main():
     cinder_doc = load(os.path.join(res, "cinder.json"))
     cinder = cinder_doc["results"] if cinder_doc else None
     fleet = load(os.path.join(res, "fleet.json"))
+    pw = load(os.path.join(res, "persist_write.json"))
     plot(model, cinder, os.path.join(HERE, "freeze_window.png"))
 
     md = ["# cgsnap freeze-window benchmarks (issue 5)", "",
@@ -198,7 +200,7 @@ def main():
           "## Machine", "", "| | |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in machine()]
     md += ["", "## Commands", "", "```"]
-    for d in model_docs + [cinder_doc, fleet]:
+    for d in model_docs + [cinder_doc, fleet, pw]:
         if d and d.get("command"):
             md.append(d["command"])
     md += ["```", "", "## Acceptance (issue 5)", "", acceptance(model, cinder, fleet), "",
@@ -206,7 +208,9 @@ def main():
            "bench-only variants: `cgsnap-leanpersist` swaps `cgsnap.api._persistence` for "
            "`cgsnap.persistence.fetch_backend` (pooled SQLite connection, WAL, "
            "synchronous=NORMAL, table metadata built once); `cgsnap-lean-pool64` also "
-           "gives the fan-out a 64-thread pool instead of `max_parallel_creates = 16`.", "",
+           "gives the fan-out a 64-thread pool instead of `max_parallel_creates = 16`; "
+           "`cgsnap-lean-poll0.1` instead caps the set poll interval at 0.1 s instead of "
+           "doubling to `poll_max_interval = 1 s`. n/a: not run on that backend.", "",
            "![freeze window vs N](freeze_window.png)", ""]
     if model:
         p = model_docs[0]["params"]
@@ -223,6 +227,15 @@ def main():
                + ", ".join(f"N={r['volumes']}: {r['latency_s']:.3f} s" for r in cinder
                            if r["strategy"] == "limit") + ".", "",
                window_table(cinder), ""]
+    if pw:
+        md += ["## One TaskFlow logbook write (SQLite file)", "",
+               "`backend.get_connection()` + `update_atom_details`, as taskflow.storage does "
+               "per state change; alternating batches.", "",
+               "| persistence | writes | median ms | p90 ms | max ms |",
+               "|---|---:|---:|---:|---:|"]
+        md += [f"| {r['backend']} | {r['writes']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+               f"{r['max_ms']:.1f} |" for r in pw["results"]]
+        md.append("")
     md += ["## Where cgsnap's window goes", "",
            "Medians in ms, from the instrumented drivers (call log) and timed TaskFlow "
            "logbook writes.", "", breakdown_table((model or []) + (cinder or [])), ""]

@@ -75,7 +75,7 @@ def _options(**kwargs):
 
 def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volumes=(),
                         exclude_root=False, allow_crash_consistent=None, timeout=None,
-                        idempotency_key=None):
+                        idempotency_key=None, memory=False):
     """Take one instance-level snapshot set; return its manifest.
 
     Raises a :class:`~cgsnap.exception.CgsnapError` (with its exit code) on
@@ -96,7 +96,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        exclude_volumes=list(exclude_volumes or ()),
                        exclude_root=bool(exclude_root),
                        allow_crash_consistent=bool(allow_crash_consistent),
-                       idempotency_key=idempotency_key,
+                       idempotency_key=idempotency_key, memory=bool(memory),
                        freeze_timeout=timeout or CONF.libvirt.freeze_timeout,
                        local_disks=CONF.snapshot.local_disks,
                        wait_timeout=CONF.snapshot.wait_timeout)

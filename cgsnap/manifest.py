@@ -30,6 +30,7 @@ STATUS_ERROR_DELETING = "error_deleting"
 
 CONSISTENCY_FILESYSTEM = "filesystem"
 CONSISTENCY_CRASH = "crash"
+CONSISTENCY_MEMORY = "memory"
 
 KIND_CINDER_SNAPSHOT = "cinder-snapshot"
 KIND_GLANCE_IMAGE = "glance-image"
@@ -71,6 +72,7 @@ def new(set_id, name, instance, members, options, root_excluded=False,
         "freeze": {"started_at": None, "frozen_at": None, "thaw_started_at": None,
                    "ended_at": None, "window_s": None, "filesystems_frozen": None,
                    "filesystems_thawed": None, "agent": None},
+        "memory": None,
         "root_excluded": bool(root_excluded),
         "excluded_volumes": list(excluded_volumes),
         "skipped_disks": [dict(d) for d in skipped_disks],

@@ -67,6 +67,10 @@ def _parser():
                    help="fail if the guest agent cannot freeze the guest (the default)")
     q.add_argument("--allow-crash-consistent", dest="allow_crash", action="store_true",
                    help="if the guest agent does not answer, take a crash-consistent set")
+    c.add_argument("--memory", action="store_true",
+                   help="also capture memory and CPU state (external memory image). The guest "
+                        "is paused instead of frozen: the set is consistent as of the memory "
+                        "image, not of a filesystem freeze")
     c.add_argument("--timeout", type=float, metavar="S",
                    help="longest freeze in seconds (default: [libvirt]freeze_timeout)")
     c.add_argument("--idempotency-key", metavar="KEY",
@@ -133,7 +137,7 @@ def run(argv=None, stdout=None, stderr=None):
                 args.instance, name=args.name, all_volumes=args.all_volumes,
                 exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
                 allow_crash_consistent=args.allow_crash, timeout=args.timeout,
-                idempotency_key=args.idempotency_key)
+                idempotency_key=args.idempotency_key, memory=args.memory)
             output.emit_doc(args.format, doc, stdout, _summary(doc))
         elif args.command == "list":
             docs = api.list_snapshot_sets(args.instance, args.status)

@@ -175,10 +175,52 @@ class LibvirtHypervisor:
                 return disk["source"]
         raise exception.NotFound(f"disk {device} not found on instance {instance_id}")
 
-    def snapshot_disks_external(self, instance_id, overlays):
-        """One atomic disk-only external snapshot of the disks in ``overlays``
-        (``{device: overlay_path}``); every other disk is left alone.  After
-        it, each original file is frozen in time and the guest writes to its
+    def pause(self, instance_id):
+        faults.point("hypervisor.pause")
+        dom = self._domain(instance_id)
+        try:
+            dom.suspend()
+        except libvirt.libvirtError as e:
+            raise exception.SnapshotFailed(f"cannot pause {dom.name()}: "
+                                           f"{e.get_error_message()}") from None
+
+    def resume(self, instance_id):
+        """Resume a paused guest; return False if it was not paused."""
+        faults.point("hypervisor.resume")
+        dom = self._domain(instance_id)
+        if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+            return False
+        try:
+            dom.resume()
+        except libvirt.libvirtError as e:
+            raise exception.SnapshotFailed(f"cannot resume {dom.name()}: "
+                                           f"{e.get_error_message()}") from None
+        return True
+
+    def machine_facts(self, instance_id):
+        """What a restore of a memory image must match: guest size, host CPU,
+        libvirt and QEMU versions."""
+        dom = self._domain(instance_id)
+        conn = self.conn
+        root = ET.fromstring(conn.getCapabilities())
+        cpu = root.find("./host/cpu")
+        host_cpu = {"arch": cpu.findtext("arch"), "model": cpu.findtext("model"),
+                    "vendor": cpu.findtext("vendor"),
+                    "features": sorted(f.get("name") for f in cpu.findall("feature"))}
+        _state, max_kib, _mem, vcpus, _cpu = dom.info()
+
+        def _ver(n):
+            return f"{n // 1000000}.{n // 1000 % 1000}.{n % 1000}"
+
+        return {"vcpus": vcpus, "memory_mib": max_kib // 1024, "host_cpu": host_cpu,
+                "libvirt_version": _ver(conn.getLibVersion()),
+                "qemu_version": _ver(conn.getVersion())}
+
+    def snapshot_disks_external(self, instance_id, overlays, memory_file=None):
+        """One atomic external snapshot of the disks in ``overlays``
+        (``{device: overlay_path}``), plus the memory state when
+        ``memory_file`` is given; every other disk is left alone.  After it,
+        each original file is frozen in time and the guest writes to its
         overlay."""
         dom = self._domain(instance_id)
         parts = []
@@ -189,11 +231,14 @@ class LibvirtHypervisor:
                              f"<source file='{xml_escape(overlays[dev])}'/></disk>")
             else:
                 parts.append(f"<disk name='{dev}' snapshot='no'/>")
-        xml = ("<domainsnapshot><name>cgsnap-" + os.urandom(4).hex() + "</name><disks>"
-               + "".join(parts) + "</disks></domainsnapshot>")
-        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+        memory = (f"<memory snapshot='external' file='{xml_escape(memory_file)}'/>"
+                  if memory_file else "")
+        xml = ("<domainsnapshot><name>cgsnap-" + os.urandom(4).hex() + "</name>" + memory
+               + "<disks>" + "".join(parts) + "</disks></domainsnapshot>")
+        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
                  | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+        if not memory_file:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         faults.point("hypervisor.snapshot_disks")
         try:
             dom.snapshotCreateXML(xml, flags)

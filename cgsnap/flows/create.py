@@ -3,11 +3,14 @@
 ::
 
     DiscoverInstance -> RecordSet -> CheckRootDisk -> CheckVolumes -> CheckQuota
-      -> CheckLocalDisks -> CheckImageStore -> CheckAgent
+      -> CheckLocalDisks -> CheckMemory -> CheckImageStore -> CheckAgent
       -> CleanupVolumeSnapshots, CleanupImages, CleanupLocalDisks   (revert-only)
       -> FreezeGuest -> SnapshotLocalDisks -> SnapshotVolumes -> ThawGuest
                                                             ^ the freeze window
-      -> ExportLocalDisks -> UploadRootImage -> FinalizeSet
+      -> ExportLocalDisks -> RecordMemoryImage -> UploadRootImage -> FinalizeSet
+
+With ``--memory`` the guest is paused instead of frozen (libvirt cannot do
+both), and the memory image is written by the same atomic snapshot call.
 
 Everything that can refuse the operation runs before FreezeGuest.  Inside the
 window there are only the snapshot creates and the wait for them.  A failure
@@ -24,7 +27,8 @@ from cgsnap.tasks import catalog, hypervisor, image, local, volume
 
 FLOW_NAME = "cgsnap-create"
 REQUIRES = frozenset({"instance_ref", "set_id", "options"})
-PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "local_plan", "agent", "freeze",
+PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "local_plan", "memory_plan",
+                      "memory_image", "agent", "freeze",
                       "local_cut", "volume_snapshots", "thaw", "local_copies", "root_images",
                       "result"})
 
@@ -40,6 +44,7 @@ def create_flow(drivers=None):
         volume.CheckVolumes(drivers),
         volume.CheckQuota(drivers),
         local.CheckLocalDisks(drivers),
+        hypervisor.CheckMemory(drivers),
         image.CheckImageStore(drivers),
         hypervisor.CheckAgent(drivers),
         volume.CleanupVolumeSnapshots(drivers),
@@ -50,6 +55,7 @@ def create_flow(drivers=None):
         volume.SnapshotVolumes(drivers),
         hypervisor.ThawGuest(drivers),
         local.ExportLocalDisks(drivers),
+        local.RecordMemoryImage(drivers),
         image.UploadRootImage(drivers),
         catalog.FinalizeSet(drivers),
     )

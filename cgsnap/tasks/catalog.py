@@ -62,7 +62,7 @@ class FinalizeSet(CgsnapTask):
     default_provides = "result"
 
     def execute(self, manifest, agent, freeze, thaw, volume_snapshots, local_copies,
-                root_images):
+                root_images, memory_image):
         self.fault_point()
         doc = dict(manifest)
         by_name = {s["name"]: s for s in volume_snapshots}
@@ -90,9 +90,11 @@ class FinalizeSet(CgsnapTask):
             "ended_at": thaw["ended_at"],
             "window_s": thaw["window_s"], "filesystems_frozen": freeze["frozen"],
             "filesystems_thawed": thaw["thawed"],
-            "agent": "ok" if agent["reachable"] else "unreachable",
+            "agent": ("not-asked" if agent.get("skipped") else
+                      "ok" if agent["reachable"] else "unreachable"),
         }
-        if not agent["reachable"]:
+        doc["memory"] = memory_image
+        if not agent["reachable"] and not agent.get("skipped"):
             doc["status_reason"] = f"crash-consistent: {agent['error']}"
         return _catalog().save(doc)
 

@@ -1,5 +1,7 @@
 """Tasks that touch the guest through the hypervisor driver."""
 
+import os
+import shutil
 import time
 
 from oslo_log import log as logging
@@ -48,6 +50,9 @@ class CheckAgent(CgsnapTask):
 
     def execute(self, instance, options):
         self.fault_point()
+        if options.get("memory"):
+            # The guest is paused, not quiesced: libvirt cannot combine both.
+            return {"reachable": False, "error": None, "skipped": "memory"}
         if not instance["active"]:
             if options.get("allow_crash_consistent"):
                 return {"reachable": False, "error": "instance is not running"}
@@ -65,6 +70,32 @@ class CheckAgent(CgsnapTask):
         return {"reachable": True, "error": None}
 
 
+class CheckMemory(CgsnapTask):
+    """``--memory``: the hypervisor can write an external memory image, and
+    the set directory has room for it.  Records what a restore must match."""
+
+    default_provides = "memory_plan"
+
+    def execute(self, set_id, instance, options):
+        self.fault_point()
+        if not options.get("memory"):
+            return {}
+        hyp = self.drivers.hypervisor
+        if not hyp.supports_disk_snapshots() or not instance["active"]:
+            raise exception.Refused(
+                f"--memory needs a running guest on a real hypervisor ({hyp.uri})")
+        from cgsnap.tasks import local
+        out_dir = local.set_dir(set_id)
+        os.makedirs(out_dir, exist_ok=True)
+        facts = hyp.machine_facts(instance["id"])
+        need = facts["memory_mib"] << 20
+        free = shutil.disk_usage(out_dir).free
+        if free < need:
+            raise exception.Refused(f"{out_dir} has {free >> 20} MiB free; the memory image "
+                                    f"needs up to {need >> 20} MiB")
+        return dict(facts, path=os.path.join(out_dir, "memory.img"))
+
+
 class FreezeGuest(CgsnapTask):
     """Freeze the guest's filesystems.  Its revert thaws, on every path.
 
@@ -75,8 +106,14 @@ class FreezeGuest(CgsnapTask):
 
     default_provides = "freeze"
 
-    def execute(self, instance, agent):
+    def execute(self, instance, agent, options):
         self.fault_point()
+        if options.get("memory"):
+            started_at, started = manifest_mod.isotime(), time.monotonic()
+            self.drivers.hypervisor.pause(instance["id"])
+            return {"mode": manifest_mod.CONSISTENCY_MEMORY, "frozen": 0,
+                    "started_at": started_at, "frozen_at": manifest_mod.isotime(),
+                    "started_mono": started}
         if not agent["reachable"]:
             return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0,
                     "started_at": None, "frozen_at": None, "started_mono": None}
@@ -87,7 +124,13 @@ class FreezeGuest(CgsnapTask):
                 "started_at": started_at, "frozen_at": manifest_mod.isotime(),
                 "started_mono": started}
 
-    def revert(self, instance, agent, result, **kwargs):
+    def revert(self, instance, agent, options, result, **kwargs):
+        if options.get("memory"):
+            try:
+                self.drivers.hypervisor.resume(instance["id"])
+            except Exception as e:  # log and swallow: later reverts must still run
+                LOG.error("revert: could not resume %s: %s", instance["name"], e)
+            return
         if not agent.get("reachable"):
             return
         if not is_failure(result) and not result.get("frozen"):
@@ -107,10 +150,14 @@ class ThawGuest(CgsnapTask):
 
     def execute(self, instance, freeze):
         self.fault_point()
-        if freeze["mode"] != manifest_mod.CONSISTENCY_FILESYSTEM:
+        if freeze["mode"] == manifest_mod.CONSISTENCY_CRASH:
             return {"started_at": None, "ended_at": None, "window_s": None, "thawed": None}
         started_at = manifest_mod.isotime()
-        thawed = self.drivers.hypervisor.thaw(instance["id"])
+        if freeze["mode"] == manifest_mod.CONSISTENCY_MEMORY:
+            self.drivers.hypervisor.resume(instance["id"])
+            thawed = 0
+        else:
+            thawed = self.drivers.hypervisor.thaw(instance["id"])
         window = time.monotonic() - freeze["started_mono"]
         return {"started_at": started_at, "ended_at": manifest_mod.isotime(),
                 "window_s": round(window, 6), "thawed": thawed}

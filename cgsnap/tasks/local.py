@@ -9,6 +9,7 @@ original is copied to a standalone qcow2 in ``local_dir/<set id>/`` and the
 overlay is block-committed back, so the guest's disk chain ends as it began.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -86,10 +87,10 @@ class CleanupLocalDisks(CgsnapTask):
     """Revert-only: put every disk back on its original file and delete the
     overlays and copies of this set."""
 
-    def execute(self, local_plan):
+    def execute(self, set_id, local_plan):
         self.fault_point()
 
-    def revert(self, instance, local_plan, **kwargs):
+    def revert(self, set_id, instance, local_plan, **kwargs):
         for dev, p in (local_plan or {}).items():
             try:
                 if self.drivers.hypervisor.disk_source(instance["id"], dev) == p["overlay"]:
@@ -104,11 +105,14 @@ class CleanupLocalDisks(CgsnapTask):
                     pass
                 except OSError as e:
                     LOG.error("revert: could not remove %s: %s", path, e)
-        if local_plan:
-            try:
-                os.rmdir(os.path.dirname(next(iter(local_plan.values()))["copy"]))
-            except OSError:
-                pass
+        try:
+            os.remove(os.path.join(set_dir(set_id), "memory.img"))
+        except OSError:
+            pass
+        try:
+            os.rmdir(set_dir(set_id))
+        except OSError:
+            pass
 
 
 class SnapshotLocalDisks(CgsnapTask):
@@ -116,12 +120,13 @@ class SnapshotLocalDisks(CgsnapTask):
 
     default_provides = "local_cut"
 
-    def execute(self, instance, local_plan):
+    def execute(self, instance, local_plan, memory_plan):
         self.fault_point()
-        if not local_plan:
+        if not local_plan and not memory_plan:
             return {}
         self.drivers.hypervisor.snapshot_disks_external(
-            instance["id"], {dev: p["overlay"] for dev, p in local_plan.items()})
+            instance["id"], {dev: p["overlay"] for dev, p in local_plan.items()},
+            memory_file=memory_plan.get("path"))
         return {dev: "cut" for dev in local_plan}
 
 
@@ -152,6 +157,23 @@ class ExportLocalDisks(CgsnapTask):
                 pass
             out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"])}
         return out
+
+
+class RecordMemoryImage(CgsnapTask):
+    """After the thaw: size and sha256 of the memory image (``--memory``)."""
+
+    default_provides = "memory_image"
+
+    def execute(self, memory_plan, freeze):
+        self.fault_point()
+        if not memory_plan:
+            return None
+        digest = hashlib.sha256()
+        with open(memory_plan["path"], "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return dict(memory_plan, size_bytes=os.path.getsize(memory_plan["path"]),
+                    sha256=digest.hexdigest(), captured_at=freeze["frozen_at"])
 
 
 class DeleteLocalCopies(CgsnapTask):

@@ -100,3 +100,37 @@ def test_any_failure_thaws_and_restores_the_disk_chain(real_guest, point):
     assert not any(os.scandir(real_guest.tmp / "local")) if (real_guest.tmp / "local").exists() \
         else True
     real_guest.wait_progress(rounds=2)
+
+
+def test_memory_state_is_captured_at_the_same_instant(real_guest, tmp_path):
+    import hashlib
+
+    import libvirt
+    doc = _create(real_guest, "--memory")
+    assert doc["consistency"] == "memory" and doc["freeze"]["agent"] == "not-asked"
+    mem = doc["memory"]
+    with open(mem["path"], "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == mem["sha256"]
+    assert mem["size_bytes"] == os.path.getsize(mem["path"]) > 1 << 20
+    assert mem["vcpus"] == 1 and mem["memory_mib"] == 256
+    assert mem["host_cpu"]["arch"] == "x86_64" and mem["libvirt_version"].startswith("9.")
+    assert mem["qemu_version"].count(".") == 2
+    # The disks were cut at the paused instant: the cross-disk invariant holds.
+    seqs = {m["device"]: inspect_image(m["path"], tmp_path)[0] for m in doc["members"]}
+    assert _seq_invariant(*(seqs[d] for d in DATA)), seqs
+    assert real_guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    real_guest.wait_progress(rounds=2)
+    print(f"\nmemory capture: pause window {doc['freeze']['window_s'] * 1000:.0f} ms, "
+          f"image {mem['size_bytes'] >> 20} MiB")
+    assert real_guest.cgsnap("delete", doc["id"])[0] == 0
+    assert not os.path.exists(mem["path"])
+
+
+def test_memory_capture_failure_resumes_the_guest(real_guest):
+    import libvirt
+    faults.arm("hypervisor.snapshot_disks.after", "raise@1")
+    rc, _, err = real_guest.cgsnap("create", "--all-volumes", real_guest.name, "--memory")
+    assert rc != 0 and "snapshot_disks.after" in err
+    assert real_guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert real_guest.disk_sources() == real_guest.original
+    real_guest.wait_progress(rounds=2)
