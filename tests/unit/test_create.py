@@ -163,3 +163,21 @@ def test_delete_removes_members_and_manifest(guest):
     assert guest.backend.list_snapshots(doc["id"]) == []
     with pytest.raises(exception.SnapshotSetNotFound):
         api.show_snapshot_set(doc["id"])
+
+
+def test_memory_needs_a_real_hypervisor(guest):
+    with pytest.raises(exception.Refused, match="--memory needs a running guest"):
+        api.create_snapshot_set(guest.name, memory=True)
+    assert guest.frozen_count() == 0
+    assert _only_manifest(guest)["status"] == "failed"
+
+
+def test_local_disks_need_a_real_hypervisor(make_guest):
+    from cgsnap.conf import CONF
+    CONF.set_override("local_disks", "qcow2", group="snapshot")
+    try:
+        g = make_guest(n_volumes=1, root_volume=False)
+        with pytest.raises(exception.Refused, match="cannot take disk-only snapshots"):
+            api.create_snapshot_set(g.name)
+    finally:
+        CONF.clear_override("local_disks", group="snapshot")
