@@ -204,7 +204,7 @@ def main():
         if d and d.get("command"):
             md.append(d["command"])
     md += ["```", "", "## Acceptance (issue 5)", "", acceptance(model, cinder, fleet), "",
-           "`cgsnap` is the product as it is in this tree; the two other columns are "
+           "`cgsnap` is the product as it is in this tree; the other columns are "
            "bench-only variants: `cgsnap-leanpersist` swaps `cgsnap.api._persistence` for "
            "`cgsnap.persistence.fetch_backend` (pooled SQLite connection, WAL, "
            "synchronous=NORMAL, table metadata built once); `cgsnap-lean-pool64` also "

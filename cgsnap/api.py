@@ -16,7 +16,7 @@ from taskflow.persistence import models
 
 from cgsnap import catalog as catalog_mod
 from cgsnap import drivers as drivers_mod
-from cgsnap import exception, lock, manifest, naming, state
+from cgsnap import exception, guard, lock, manifest, naming, state
 from cgsnap.conf import CONF
 from cgsnap.flows import create as create_flows
 from cgsnap.flows import delete as delete_flows
@@ -102,6 +102,11 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        wait_timeout=CONF.snapshot.wait_timeout)
     cat = catalog()
     with lock.instance_lock(instance["id"], "create", CONF.lock_wait):
+        # A create that died earlier on this instance is reverted first.
+        from cgsnap import recovery
+        for doc in cat.list(instance_id=instance["id"], status=manifest.STATUS_CREATING):
+            LOG.warning("recovering interrupted set %s first", doc["id"])
+            recovery.recover_locked(cat, doc["id"])
         if idempotency_key:
             existing = cat.by_idempotency_key(instance["id"], idempotency_key)
             if existing and existing["status"] == manifest.STATUS_AVAILABLE:
@@ -111,6 +116,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
 
         def _after_failure(engine):
             _ensure_thawed(engine, drv, instance)
+            guard.stop(set_id)
 
         try:
             _run(create_flows.create_flow, store, f"create-{set_id}", _after_failure)
@@ -182,9 +188,23 @@ def delete_snapshot_set(set_id_or_prefix):
     cat = catalog()
     doc = cat.find(set_id_or_prefix)
     with lock.instance_lock(doc["instance_id"], "delete", CONF.lock_wait):
-        _run(delete_flows.delete_flow, {"set_id": doc["id"]},
-             f"delete-{doc['id']}-{uuid.uuid4().hex[:8]}")
+        run_delete_flow(doc["id"])
     return doc
+
+
+def run_delete_flow(set_id):
+    """Run the delete flow; the caller holds the instance lock."""
+    _run(delete_flows.delete_flow, {"set_id": set_id}, f"delete-{set_id}-{uuid.uuid4().hex[:8]}")
+
+
+def recover(instance_ref=None):
+    from cgsnap import recovery
+    instance_id = None
+    if instance_ref:
+        from cgsnap.drivers.libvirt_driver import is_uuid
+        instance_id = instance_ref if is_uuid(instance_ref) else \
+            drivers_mod.get().hypervisor.get_instance(instance_ref)["id"]
+    return recovery.recover(instance_id)
 
 
 def list_snapshot_sets(instance_ref=None, status=None):

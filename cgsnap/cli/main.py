@@ -84,6 +84,15 @@ def _parser():
                         help="show one set's manifest (checksum verified)")
     sh.add_argument("set_id", metavar="SNAPSHOT_SET_ID", help="set id (or a unique 8+ prefix)")
 
+    r = sub.add_parser(
+        "recover", parents=[common], help="revert sets left 'creating' by a crash",
+        description="Find snapshot sets whose cgsnap process died (crash, kill -9, power "
+                    "loss) and revert them: thaw/resume the guest, put local disks back, "
+                    "delete members, mark the manifest failed. Safe to run at any time (for "
+                    "example at boot or before each cron job); sets still in progress are "
+                    "skipped. 'cgsnap create' recovers its own instance first.")
+    r.add_argument("--instance", metavar="INSTANCE", help="only this instance")
+
     d = sub.add_parser("delete", help="delete sets: every member, then the manifest")
     d.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
     return p
@@ -145,6 +154,12 @@ def run(argv=None, stdout=None, stderr=None):
         elif args.command == "show":
             doc = api.show_snapshot_set(args.set_id)
             output.emit_doc(args.format, doc, stdout, _summary(doc))
+        elif args.command == "recover":
+            rows = api.recover(args.instance)
+            cols = ["id", "instance_id", "was", "action", "result"]
+            output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
+            if any(r["result"] == "incomplete" for r in rows):
+                return exception.EXIT_CLEANUP
         elif args.command == "delete":
             rc = exception.EXIT_OK
             for set_id in args.set_ids:

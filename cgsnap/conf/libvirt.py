@@ -16,6 +16,13 @@ opts = [
                       "inside the freeze is cut at this deadline and the set fails, so the "
                       "guest is thawed. Windows VSS itself holds writes for at most 10 s; Linux "
                       "qemu-ga never thaws on its own."),
+    cfg.BoolOpt("thaw_guard", default=True,
+                help="Before freezing, start a guard process that thaws the guest if cgsnap "
+                     "dies (even by SIGKILL) or the freeze outlives freeze_timeout plus "
+                     "thaw_guard_margin. A set whose guard fired is failed."),
+    cfg.FloatOpt("thaw_guard_margin", default=1.0, min=0.1,
+                 help="Seconds the guard waits after freeze_timeout before it thaws, so that "
+                      "cgsnap's own deadline normally acts first."),
 ]
 
 

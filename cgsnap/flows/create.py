@@ -3,7 +3,7 @@
 ::
 
     DiscoverInstance -> RecordSet -> CheckRootDisk -> CheckVolumes -> CheckQuota
-      -> CheckLocalDisks -> CheckMemory -> CheckImageStore -> CheckAgent
+      -> CheckLocalDisks -> CheckMemory -> CheckImageStore -> CheckAgent -> StartThawGuard
       -> CleanupVolumeSnapshots, CleanupImages, CleanupLocalDisks   (revert-only)
       -> FreezeGuest -> SnapshotLocalDisks -> SnapshotVolumes -> ThawGuest
                                                             ^ the freeze window
@@ -28,7 +28,7 @@ from cgsnap.tasks import catalog, hypervisor, image, local, volume
 FLOW_NAME = "cgsnap-create"
 REQUIRES = frozenset({"instance_ref", "set_id", "options"})
 PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "local_plan", "memory_plan",
-                      "memory_image", "agent", "freeze",
+                      "memory_image", "agent", "thaw_guard", "freeze",
                       "local_cut", "volume_snapshots", "thaw", "local_copies", "root_images",
                       "result"})
 
@@ -47,6 +47,7 @@ def create_flow(drivers=None):
         hypervisor.CheckMemory(drivers),
         image.CheckImageStore(drivers),
         hypervisor.CheckAgent(drivers),
+        hypervisor.StartThawGuard(drivers),
         volume.CleanupVolumeSnapshots(drivers),
         image.CleanupImages(drivers),
         local.CleanupLocalDisks(drivers),

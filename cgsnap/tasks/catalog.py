@@ -89,7 +89,7 @@ class FinalizeSet(CgsnapTask):
             "thaw_started_at": thaw["started_at"],
             "ended_at": thaw["ended_at"],
             "window_s": thaw["window_s"], "filesystems_frozen": freeze["frozen"],
-            "filesystems_thawed": thaw["thawed"],
+            "filesystems_thawed": thaw["thawed"], "guard": thaw.get("guard"),
             "agent": ("not-asked" if agent.get("skipped") else
                       "ok" if agent["reachable"] else "unreachable"),
         }

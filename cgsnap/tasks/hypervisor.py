@@ -6,8 +6,9 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception
+from cgsnap import exception, guard, state
 from cgsnap import manifest as manifest_mod
+from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask, is_failure
 
 LOG = logging.getLogger(__name__)
@@ -96,6 +97,27 @@ class CheckMemory(CgsnapTask):
         return dict(facts, path=os.path.join(out_dir, "memory.img"))
 
 
+class StartThawGuard(CgsnapTask):
+    """Before the freeze: start the out-of-process thaw guard (see
+    :mod:`cgsnap.guard`), so no guest outlives cgsnap frozen."""
+
+    default_provides = "thaw_guard"
+
+    def execute(self, set_id, instance, agent):
+        self.fault_point()
+        if not agent["reachable"] or not CONF.libvirt.thaw_guard:
+            return {"enabled": False}
+        record = os.path.join(state.state_dir(), "guards", f"{set_id}.json")
+        g = guard.start(set_id, self.drivers.hypervisor.uri, instance["id"], record)
+        return {"enabled": True, "pid": g.pid, "record": record}
+
+    def revert(self, set_id, **kwargs):
+        try:
+            guard.stop(set_id)
+        except Exception as e:  # log and swallow
+            LOG.error("revert: could not stop the thaw guard of %s: %s", set_id, e)
+
+
 class FreezeGuest(CgsnapTask):
     """Freeze the guest's filesystems.  Its revert thaws, on every path.
 
@@ -106,7 +128,7 @@ class FreezeGuest(CgsnapTask):
 
     default_provides = "freeze"
 
-    def execute(self, instance, agent, options):
+    def execute(self, set_id, instance, agent, options, thaw_guard):
         self.fault_point()
         if options.get("memory"):
             started_at, started = manifest_mod.isotime(), time.monotonic()
@@ -117,6 +139,11 @@ class FreezeGuest(CgsnapTask):
         if not agent["reachable"]:
             return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0,
                     "started_at": None, "frozen_at": None, "started_mono": None}
+        if thaw_guard["enabled"]:
+            g = guard.get(set_id)
+            if g is None:
+                raise exception.QuiesceFailed("the thaw guard is not running; not freezing")
+            g.arm(options["freeze_timeout"] + CONF.libvirt.thaw_guard_margin)
         started_at = manifest_mod.isotime()
         started = time.monotonic()
         frozen = self.drivers.hypervisor.freeze(instance["id"])
@@ -124,7 +151,7 @@ class FreezeGuest(CgsnapTask):
                 "started_at": started_at, "frozen_at": manifest_mod.isotime(),
                 "started_mono": started}
 
-    def revert(self, instance, agent, options, result, **kwargs):
+    def revert(self, set_id, instance, agent, options, result, **kwargs):
         if options.get("memory"):
             try:
                 self.drivers.hypervisor.resume(instance["id"])
@@ -141,6 +168,12 @@ class FreezeGuest(CgsnapTask):
             LOG.info("revert: thawed %s filesystems of %s", thawed, instance["name"])
         except Exception as e:  # log and swallow: later reverts must still run
             LOG.error("revert: could not thaw %s: %s", instance["name"], e)
+        g = guard.get(set_id)
+        if g is not None:
+            try:
+                g.disarm()
+            except Exception as e:  # the guard thaws on close if still armed
+                LOG.error("revert: could not disarm the thaw guard: %s", e)
 
 
 class ThawGuest(CgsnapTask):
@@ -148,10 +181,11 @@ class ThawGuest(CgsnapTask):
 
     default_provides = "thaw"
 
-    def execute(self, instance, freeze):
+    def execute(self, set_id, instance, freeze, thaw_guard):
         self.fault_point()
         if freeze["mode"] == manifest_mod.CONSISTENCY_CRASH:
-            return {"started_at": None, "ended_at": None, "window_s": None, "thawed": None}
+            return {"started_at": None, "ended_at": None, "window_s": None, "thawed": None,
+                    "guard": "off"}
         started_at = manifest_mod.isotime()
         if freeze["mode"] == manifest_mod.CONSISTENCY_MEMORY:
             self.drivers.hypervisor.resume(instance["id"])
@@ -159,5 +193,13 @@ class ThawGuest(CgsnapTask):
         else:
             thawed = self.drivers.hypervisor.thaw(instance["id"])
         window = time.monotonic() - freeze["started_mono"]
+        outcome = "off"
+        if thaw_guard["enabled"]:
+            outcome = guard.get(set_id).disarm()
+            guard.stop(set_id)
+        if outcome == "fired":
+            raise exception.QuiesceFailed(
+                f"the freeze outlived its deadline ({window:.1f}s): the thaw guard thawed "
+                f"{instance['name']} before every member was taken")
         return {"started_at": started_at, "ended_at": manifest_mod.isotime(),
-                "window_s": round(window, 6), "thawed": thawed}
+                "window_s": round(window, 6), "thawed": thawed, "guard": outcome}

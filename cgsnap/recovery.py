@@ -1,0 +1,114 @@
+"""``cgsnap recover``: finish off operations that a crash interrupted.
+
+A create that died (power loss, kill -9, OOM) leaves its manifest in
+``creating`` and holds no lock any more (flock dies with its process).  Its
+TaskFlow logbook says how far it got, but its reverts never ran; recovery runs
+their equivalent from the manifest, which names every member in advance:
+
+1. thaw the guest (harmless if it is not frozen; the thaw guard normally
+   did it already) and resume it if it was paused for ``--memory``;
+2. put every local disk back on its original file (commit an overlay the
+   crash left active) and remove the set's files;
+3. delete the set's Cinder snapshots and Glance images, found by metadata;
+4. mark the manifest ``failed`` with the reason.
+
+Sets interrupted while deleting are deleted again.  Interrupted creates are
+always reverted, never completed: a set whose point in time cannot be proven
+(was the guest still frozen when the last member was cut?) must not be
+offered as consistent.
+"""
+
+import os
+import shutil
+
+from oslo_log import log as logging
+
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, lock, manifest, state
+from cgsnap.catalog import Catalog
+from cgsnap.conf import CONF
+
+LOG = logging.getLogger(__name__)
+
+
+def recover(instance_id=None):
+    """Recover every interrupted set (of one instance, or all); return a list of
+    ``{"id", "instance_id", "was", "action", "result"}``."""
+    cat = Catalog(state.catalog_url())
+    out = []
+    for status in (manifest.STATUS_CREATING, manifest.STATUS_DELETING):
+        for doc in cat.list(instance_id=instance_id, status=status):
+            try:
+                with lock.instance_lock(doc["instance_id"], "recover"):
+                    out.append(recover_locked(cat, doc["id"]))
+            except exception.Locked:
+                out.append({"id": doc["id"], "instance_id": doc["instance_id"], "was": status,
+                            "action": "skipped", "result": "in progress in another process"})
+    return out
+
+
+def recover_locked(cat, set_id):
+    """Recover one set; the caller holds the instance lock."""
+    doc = cat.get(set_id, verify=False)
+    was = doc["status"]
+    if was == manifest.STATUS_DELETING:
+        from cgsnap import api
+        api.run_delete_flow(set_id)
+        return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
+                "action": "deleted", "result": "ok"}
+    problems = revert_members(doc)
+    guard_record = os.path.join(state.state_dir(), "guards", f"{set_id}.json")
+    reason = "interrupted before it completed (the cgsnap process died); reverted by recover"
+    if os.path.exists(guard_record):
+        reason += "; the thaw guard had thawed the guest"
+    if problems:
+        reason += "; left behind: " + "; ".join(problems)
+    doc.update(status=manifest.STATUS_FAILED, status_reason=reason[:1000], consistency=None)
+    cat.save(doc)
+    return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
+            "action": "reverted", "result": "ok" if not problems else "incomplete"}
+
+
+def revert_members(doc):
+    """Undo everything a create may have done; return what could not be undone."""
+    drv = drivers_mod.get()
+    problems = []
+    kinds = {m["kind"] for m in doc["members"]}
+    hyp = drv.hypervisor
+    try:
+        hyp.thaw(doc["instance_id"])
+    except exception.CgsnapError as e:
+        LOG.info("recover: thaw of %s: %s", doc["instance_id"], e)
+    try:
+        hyp.resume(doc["instance_id"])
+    except (exception.CgsnapError, AttributeError) as e:
+        LOG.info("recover: resume of %s: %s", doc["instance_id"], e)
+    from cgsnap.tasks import local
+    set_dir = local.set_dir(doc["id"])
+    if kinds & set(local.OVERLAY_KINDS) or os.path.isdir(set_dir):
+        for m in doc["members"]:
+            if m["kind"] not in local.OVERLAY_KINDS:
+                continue
+            try:
+                src = hyp.disk_source(doc["instance_id"], m["device"])
+                if src and src.startswith(set_dir + os.sep):
+                    hyp.commit_active_layer(doc["instance_id"], m["device"])
+            except exception.CgsnapError as e:
+                problems.append(f"disk {m['device']} still on its overlay ({e})")
+        if not problems:
+            shutil.rmtree(set_dir, ignore_errors=True)
+    if manifest.KIND_GLANCE_IMAGE in kinds:
+        try:
+            for img in drv.images.list_images(doc["id"]):
+                drv.images.delete_image(img["id"])
+        except exception.CgsnapError as e:
+            problems.append(f"Glance images ({e})")
+    if manifest.KIND_CINDER_SNAPSHOT in kinds:
+        from cgsnap.tasks.volume import delete_set_snapshots
+        try:
+            delete_set_snapshots(drv.volumes, doc["id"], CONF.snapshot.cleanup_timeout)
+        except exception.CgsnapError as e:
+            problems.append(f"Cinder snapshots ({e})")
+    return problems
+
+
