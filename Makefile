@@ -6,12 +6,12 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e lint genconfig clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
 	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e)"
-	@echo "make unit | functional | e2e | lint | genconfig | devcloud | devcloud-stop | clean"
+	@echo "make unit | functional | e2e | bench | lint | genconfig | devcloud | devcloud-stop | clean"
 
 bootstrap: $(VENV)/.cgsnap-installed
 
@@ -47,6 +47,10 @@ e2e: devcloud testguest
 	if pgrep -f "^[^ ]*qemu-system-x86_64" >/dev/null || pgrep -x libvirtd >/dev/null; then \
 	    echo "e2e: qemu or libvirtd left running" >&2; rc=1; fi; \
 	exit $$rc
+
+# Freeze-window and fleet benchmarks (bench/RESULTS.md); needs the dev cloud.
+bench: devcloud
+	bench/run.sh
 
 genconfig: bootstrap
 	$(VENV)/bin/oslo-config-generator --config-file etc/cgsnap/cgsnap-config-generator.conf

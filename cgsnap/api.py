@@ -3,7 +3,6 @@ the REST service call).  Each call runs one flow from :mod:`cgsnap.flows` in a
 TaskFlow engine with SQL persistence, under the instance's lock.
 """
 
-import contextlib
 import functools
 import os
 import uuid
@@ -11,7 +10,6 @@ import uuid
 from oslo_log import log as logging
 from taskflow import engines, states
 from taskflow import exceptions as tf_exc
-from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models
 
 from cgsnap import catalog as catalog_mod
@@ -30,10 +28,11 @@ def catalog():
 
 @functools.cache
 def _persistence(url):
-    backend = tf_backends.fetch({"connection": url})
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.upgrade()
-    return backend
+    # A pooled, WAL-mode backend: stock TaskFlow SQLite costs 7-15 ms per
+    # logbook write, ~0.5 ms here (bench/RESULTS.md), and ~12 writes fall
+    # inside the freeze window.
+    from cgsnap import persistence
+    return persistence.fetch_backend(url)
 
 
 def persistence_backend():

@@ -17,9 +17,14 @@ opts = [
                  help="First interval in seconds between status polls of the whole set. "
                       "The interval doubles up to poll_max_interval."),
     cfg.FloatOpt("poll_max_interval", default=1.0, min=0.05,
-                 help="Longest interval in seconds between status polls."),
-    cfg.IntOpt("max_parallel_creates", default=16, min=1,
-               help="Member snapshot creates issued concurrently inside the freeze window."),
+                 help="Longest interval in seconds between status polls when the guest is "
+                      "not frozen."),
+    cfg.FloatOpt("poll_max_interval_frozen", default=0.1, min=0.01,
+                 help="Longest interval between status polls while the guest is frozen: "
+                      "every interval of overshoot is added to the freeze window."),
+    cfg.IntOpt("max_parallel_creates", default=64, min=1,
+               help="Member snapshot creates issued concurrently inside the freeze window "
+                    "(threads start lazily; a set of N members uses min(N, this))."),
     cfg.StrOpt("local_disks", default="skip", choices=[
                    ("skip", "leave file-backed disks out (as Nova's snapshot does); an "
                             "image-backed root is refused unless --exclude-root"),

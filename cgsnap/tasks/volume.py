@@ -149,10 +149,13 @@ class SnapshotVolumes(CgsnapTask):
             return []
         vols = self.drivers.volumes
         if freeze.get("started_mono") is not None:
-            # The wait must end before the freeze deadline, so the guest is thawed in time.
+            # The wait must end before the freeze deadline, so the guest is thawed in
+            # time, and its polls stay frequent: overshoot is added to the window.
             deadline = options["freeze_timeout"] - (time.monotonic() - freeze["started_mono"])
+            max_interval = CONF.snapshot.poll_max_interval_frozen
         else:
             deadline = options["wait_timeout"]
+            max_interval = CONF.snapshot.poll_max_interval
         meta = lambda m: naming.member_metadata(  # noqa: E731
             set_id, manifest["instance_id"], m["role"], m["device"],
             manifest_mod.SCHEMA_VERSION, manifest["name"])
@@ -176,7 +179,7 @@ class SnapshotVolumes(CgsnapTask):
         snaps = wait.poll(
             lambda: vols.list_snapshots(set_id),
             lambda ss: len(ss) >= total and all(s["status"] != "creating" for s in ss),
-            deadline, CONF.snapshot.poll_initial_interval, CONF.snapshot.poll_max_interval,
+            deadline, CONF.snapshot.poll_initial_interval, max_interval,
             what=f"{total} member snapshots", on_poll=_progress)
         bad = [s for s in snaps if s["status"] != "available"]
         if bad:
