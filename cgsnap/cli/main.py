@@ -93,6 +93,18 @@ def _parser():
                     "skipped. 'cgsnap create' recovers its own instance first.")
     r.add_argument("--instance", metavar="INSTANCE", help="only this instance")
 
+    g = sub.add_parser(
+        "gc", parents=[common], help="delete cgsnap members that belong to no live set",
+        description="Find Cinder snapshots, Glance images and local copies tagged by cgsnap "
+                    "whose set is not available/creating/deleting (a revert that could not "
+                    "finish, or made out of band) and delete them, images first. Snapshots "
+                    "with volumes created from them are reported, never forced.")
+    g.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    g.add_argument("--grace-period", type=float, default=3600.0, metavar="S",
+                   help="leave anything younger than S seconds alone (default 3600)")
+    g.add_argument("--no-images", action="store_true",
+                   help="do not look at Glance (clouds without an image service)")
+
     d = sub.add_parser("delete", help="delete sets: every member, then the manifest")
     d.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
     return p
@@ -159,6 +171,13 @@ def run(argv=None, stdout=None, stderr=None):
             cols = ["id", "instance_id", "was", "action", "result"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
             if any(r["result"] == "incomplete" for r in rows):
+                return exception.EXIT_CLEANUP
+        elif args.command == "gc":
+            from cgsnap import gc
+            rows = gc.collect(args.dry_run, args.grace_period, images=not args.no_images)
+            cols = ["kind", "id", "name", "set_id", "action", "reason"]
+            output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
+            if any(r["action"] == "failed" for r in rows):
                 return exception.EXIT_CLEANUP
         elif args.command == "delete":
             rc = exception.EXIT_OK

@@ -132,6 +132,12 @@ class CinderBackend:
         found = _call("list snapshots", self.client.volume_snapshots.list)
         return [_snapshot_dict(s) for s in found if naming.META_SET_ID in (s.metadata or {})]
 
+    def snapshot_dependents(self, snapshot_id):
+        """Ids of volumes created from this snapshot (they block its deletion)."""
+        vols = _call("list volumes", self.client.volumes.list,
+                     search_opts={"snapshot_id": snapshot_id})
+        return [v.id for v in vols if getattr(v, "snapshot_id", None) == snapshot_id]
+
     def delete_snapshot(self, snapshot_id):
         faults.point("volume.delete_snapshot")
         try:

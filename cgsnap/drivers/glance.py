@@ -27,7 +27,7 @@ _ERRORS = (glance_exc.BaseException, glance_exc.HTTPException, ks_exc.ClientExce
 
 def _image_dict(img):
     return {"id": img["id"], "name": img.get("name"), "status": img.get("status"),
-            "size": img.get("size"),
+            "size": img.get("size"), "created_at": img.get("created_at"),
             "metadata": {k: v for k, v in img.items() if k.startswith("cgsnap_")}}
 
 
@@ -65,6 +65,13 @@ class GlanceBackend:
         try:
             found = self.client.images.list(filters={naming.META_SET_ID: set_id})
             return [_image_dict(i) for i in found if i.get(naming.META_SET_ID) == set_id]
+        except _ERRORS as e:
+            raise _translate(e, "list images") from None
+
+    def list_all_cgsnap_images(self):
+        try:
+            return [_image_dict(i) for i in self.client.images.list()
+                    if naming.META_SET_ID in i]
         except _ERRORS as e:
             raise _translate(e, "list images") from None
 

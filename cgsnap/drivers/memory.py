@@ -90,7 +90,7 @@ class MemoryVolumeBackend:
                 sid = str(uuid.uuid4())
                 snap = {"id": sid, "name": name, "status": "creating", "volume_id": volume_id,
                         "size_gb": vol["size_gb"], "metadata": dict(metadata),
-                        "created_at": time.time(), "_ready_at": self._ready_at()}
+                        "created_at": _isotime(), "_ready_at": self._ready_at()}
                 self.snapshots[sid] = snap
                 out = self._public(snap)
         finally:
@@ -114,6 +114,9 @@ class MemoryVolumeBackend:
                 self._refresh(snap)
             return [self._public(s) for s in self.snapshots.values()
                     if naming.META_SET_ID in s["metadata"]]
+
+    def snapshot_dependents(self, snapshot_id):
+        return [v["id"] for v in self.volumes.values() if v.get("snapshot_id") == snapshot_id]
 
     def delete_snapshot(self, snapshot_id):
         faults.point("volume.delete_snapshot")
@@ -150,6 +153,14 @@ class MemoryImageBackend:
         return [dict(i) for i in self.images.values()
                 if i["metadata"].get(naming.META_SET_ID) == set_id]
 
+    def list_all_cgsnap_images(self):
+        return [dict(i) for i in self.images.values() if naming.META_SET_ID in i["metadata"]]
+
     def delete_image(self, image_id):
         faults.point("image.delete")
         self.images.pop(image_id, None)
+
+
+def _isotime():
+    from cgsnap import manifest
+    return manifest.isotime()

@@ -76,3 +76,27 @@ def test_recover_skips_a_set_whose_process_is_alive(guest):
         rows = api.recover()
     assert rows[0]["action"] == "skipped"
     assert guest.frozen_count() == 2  # left alone while its owner lives
+
+
+def test_gc_collects_only_orphans_in_dependency_safe_order(guest):
+    from cgsnap import gc
+    kept = api.create_snapshot_set(guest.name)
+    orphan_set = naming.new_set_id()
+    meta = naming.member_metadata(orphan_set, guest.id, "volume", "vdb", 1)
+    orphan = guest.backend.create_snapshot(guest.volume_ids[0], "cgsnap-orphan", meta)
+    busy = guest.backend.create_snapshot(guest.volume_ids[1], "cgsnap-busy", meta)
+    guest.backend.add_volume(name="clone")  # a volume created from `busy`
+    list(guest.backend.volumes.values())[-1]["snapshot_id"] = busy["id"]
+    guest.backend.create_snapshot(guest.volume_ids[2], "not-ours", {"owner": "someone"})
+    guest.backend.list_snapshots(orphan_set)  # let them become available
+
+    rows = gc.collect(dry_run=True, grace_s=3600)
+    assert {r["action"] for r in rows} == {"kept"}  # too young
+    rows = {r["id"]: r for r in gc.collect(dry_run=True, grace_s=0)}
+    assert rows[orphan["id"]]["action"] == "would-delete"
+    assert rows[busy["id"]]["action"] == "busy"
+    assert len(rows) == 2  # the live set's members and foreign snapshots are never candidates
+    rows = {r["id"]: r for r in gc.collect(grace_s=0)}
+    assert rows[orphan["id"]]["action"] == "deleted"
+    assert [s["id"] for s in guest.backend.list_snapshots(orphan_set)] == [busy["id"]]
+    assert len(guest.backend.list_snapshots(kept["id"])) == 4

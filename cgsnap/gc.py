@@ -1,0 +1,77 @@
+"""``cgsnap gc``: collect members that belong to no live snapshot set.
+
+Candidates are Cinder snapshots and Glance images carrying cgsnap metadata
+(``cgsnap_set_id``), and set directories under ``local_dir``.  One is
+collected when its set is not ``available`` / ``creating`` / ``deleting`` in
+the catalog (it failed and its revert could not finish, or it was made out of
+band) and it is older than the grace period.  A snapshot that a volume was
+created from is reported as busy, never forced.  Only things cgsnap tagged
+are ever considered.
+"""
+
+import datetime
+import os
+import shutil
+
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, manifest, naming, state
+from cgsnap.catalog import Catalog
+
+LIVE = (manifest.STATUS_AVAILABLE, manifest.STATUS_CREATING, manifest.STATUS_DELETING)
+
+
+def _age_s(created_at):
+    if not created_at:
+        return float("inf")
+    when = datetime.datetime.fromisoformat(str(created_at).rstrip("Z"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return (datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()
+
+
+def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True):
+    """Return one row per candidate: kind, id, name, set_id, action, reason."""
+    cat = Catalog(state.catalog_url())
+    live = {d["id"] for d in cat.list() if d["status"] in LIVE}
+    drv = drivers_mod.get()
+    rows = []
+
+    def consider(kind, item, delete, dependents=()):
+        set_id = item["metadata"].get(naming.META_SET_ID)
+        row = {"kind": kind, "id": item["id"], "name": item.get("name"), "set_id": set_id}
+        if set_id in live:
+            return
+        if _age_s(item.get("created_at")) < grace_s:
+            rows.append(dict(row, action="kept", reason="younger than the grace period"))
+            return
+        if dependents:
+            rows.append(dict(row, action="busy", reason="volumes were created from it: "
+                             + ", ".join(dependents)))
+            return
+        if dry_run:
+            rows.append(dict(row, action="would-delete", reason="no live set"))
+            return
+        try:
+            delete(item["id"])
+            rows.append(dict(row, action="deleted", reason="no live set"))
+        except exception.CgsnapError as e:
+            rows.append(dict(row, action="failed", reason=str(e)))
+
+    # Images first: nothing in Cinder depends on them.  Then snapshots.
+    if images:
+        for img in drv.images.list_all_cgsnap_images():
+            consider("glance-image", img, drv.images.delete_image)
+    if volumes:
+        for snap in drv.volumes.list_all_cgsnap_snapshots():
+            deps = drv.volumes.snapshot_dependents(snap["id"])
+            consider("cinder-snapshot", snap, drv.volumes.delete_snapshot, deps)
+    from cgsnap.tasks import local
+    root = os.path.dirname(local.set_dir("x"))
+    if os.path.isdir(root):
+        for set_id in sorted(os.listdir(root)):
+            path = os.path.join(root, set_id)
+            item = {"id": path, "name": set_id, "metadata": {naming.META_SET_ID: set_id},
+                    "created_at": datetime.datetime.fromtimestamp(
+                        os.path.getmtime(path), datetime.timezone.utc).isoformat()}
+            consider("local-dir", item, lambda p: shutil.rmtree(p))
+    return rows
