@@ -148,11 +148,24 @@ def _ensure_thawed(engine, drv, instance):
 
 
 def _verify_nothing_left(drv, cat, set_id):
-    """After a failed create, prove that no member of the set survived."""
+    """After a failed create, prove that no member of the set survived; if
+    something did, flag the set so that ``cgsnap recover`` retries."""
     try:
         doc = cat.get(set_id, verify=False)
     except exception.NotFound:
         return  # failed before anything was recorded: nothing was created
+    try:
+        _check_members_gone(drv, doc)
+    except exception.CleanupIncomplete:
+        try:
+            cat.update(set_id, cleanup_pending=True)
+        except exception.CgsnapError as e:
+            LOG.error("could not flag set %s for recovery: %s", set_id, e)
+        raise
+
+
+def _check_members_gone(drv, doc):
+    set_id = doc["id"]
     if any(m["kind"] in (manifest.KIND_LOCAL_QCOW2, manifest.KIND_GLANCE_IMAGE)
            for m in doc["members"]):
         from cgsnap.tasks import local

@@ -9,8 +9,10 @@ the ``CGSNAP_FAULT`` environment variable (subprocess tests), e.g.::
     CGSNAP_FAULT="volume.create_snapshot.after:raise@3,task.ThawGuest:hang=30"
 
 Actions: ``raise`` (an :class:`~cgsnap.exception.InjectedFault`), ``hang=S``
-(sleep S seconds), ``kill`` (SIGKILL this process).  ``@N`` fires only on the
-N-th hit of the point.  In-process callers may arm any callable instead.
+(sleep S seconds), ``kill`` (SIGKILL this process), ``unreachable`` (from
+here on, the storage clients talk to a closed port: real connection errors
+for the rest of the process).  ``@N`` fires only on the N-th hit of the
+point.  In-process callers may arm any callable instead.
 """
 
 import os
@@ -24,6 +26,7 @@ _lock = threading.Lock()
 _armed = {}   # point name -> action (str or callable)
 _hits = {}    # point name -> count
 _env_loaded = None
+_unreachable_hooks = []  # storage drivers register how to break their endpoint
 
 
 def _load_env():
@@ -42,6 +45,11 @@ def arm(name, action="raise"):
     with _lock:
         _armed[name] = action
         _hits[name] = 0
+
+
+def on_unreachable(hook):
+    """Register ``hook()``, called when an ``unreachable`` fault fires."""
+    _unreachable_hooks.append(hook)
 
 
 def reset():
@@ -75,5 +83,8 @@ def point(name):
         time.sleep(float(arg or 3600))
     elif verb == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif verb == "unreachable":
+        for hook in list(_unreachable_hooks):
+            hook()
     else:
         raise ValueError(f"unknown fault action {action!r} for {name}")

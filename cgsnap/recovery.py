@@ -12,7 +12,9 @@ their equivalent from the manifest, which names every member in advance:
 3. delete the set's Cinder snapshots and Glance images, found by metadata;
 4. mark the manifest ``failed`` with the reason.
 
-Sets interrupted while deleting are deleted again.  Interrupted creates are
+Sets interrupted while deleting are deleted again, and failed sets whose
+revert could not remove everything (``cleanup_pending``, e.g. the storage API
+was down) are cleaned up again.  Interrupted creates are
 always reverted, never completed: a set whose point in time cannot be proven
 (was the guest still frozen when the last member was cut?) must not be
 offered as consistent.
@@ -36,8 +38,10 @@ def recover(instance_id=None):
     ``{"id", "instance_id", "was", "action", "result"}``."""
     cat = Catalog(state.catalog_url())
     out = []
-    for status in (manifest.STATUS_CREATING, manifest.STATUS_DELETING):
+    for status in (manifest.STATUS_CREATING, manifest.STATUS_DELETING, manifest.STATUS_FAILED):
         for doc in cat.list(instance_id=instance_id, status=status):
+            if status == manifest.STATUS_FAILED and not doc.get("cleanup_pending"):
+                continue
             try:
                 with lock.instance_lock(doc["instance_id"], "recover"):
                     out.append(recover_locked(cat, doc["id"]))
@@ -56,6 +60,12 @@ def recover_locked(cat, set_id):
         api.run_delete_flow(set_id)
         return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
                 "action": "deleted", "result": "ok"}
+    if was == manifest.STATUS_FAILED:  # a revert that could not finish: retry it
+        problems = revert_members(doc)
+        doc["cleanup_pending"] = bool(problems)
+        cat.save(doc)
+        return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
+                "action": "cleaned", "result": "ok" if not problems else "incomplete"}
     problems = revert_members(doc)
     guard_record = os.path.join(state.state_dir(), "guards", f"{set_id}.json")
     reason = "interrupted before it completed (the cgsnap process died); reverted by recover"
@@ -104,11 +114,28 @@ def revert_members(doc):
         except exception.CgsnapError as e:
             problems.append(f"Glance images ({e})")
     if manifest.KIND_CINDER_SNAPSHOT in kinds:
-        from cgsnap.tasks.volume import delete_set_snapshots
         try:
-            delete_set_snapshots(drv.volumes, doc["id"], CONF.snapshot.cleanup_timeout)
+            _delete_volume_members(drv.volumes, doc["id"])
         except exception.CgsnapError as e:
             problems.append(f"Cinder snapshots ({e})")
     return problems
 
 
+
+
+SETTLE_S = 3.0
+
+
+def _delete_volume_members(volumes, set_id):
+    """Delete the set's snapshots, then watch for SETTLE_S: a process killed
+    with creates in flight may see Cinder finish them after it died."""
+    from cgsnap import wait
+    from cgsnap.tasks.volume import delete_set_snapshots
+    for _ in range(3):
+        delete_set_snapshots(volumes, set_id, CONF.snapshot.cleanup_timeout)
+        try:
+            wait.poll(lambda: volumes.list_snapshots(set_id), bool, SETTLE_S, 0.25, 0.5,
+                      what="late snapshots")
+        except exception.WaitTimeout:
+            return  # nothing appeared late
+    raise exception.CleanupIncomplete(f"snapshots of set {set_id} keep appearing")

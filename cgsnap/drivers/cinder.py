@@ -84,6 +84,11 @@ class CinderBackend:
         self.client = cinder_client.Client(
             session=session, api_version=api_versions.APIVersion(api_version),
             region_name=region_name, interface=interface or "public")
+        faults.on_unreachable(self._break_endpoint)
+
+    def _break_endpoint(self):
+        """Fault injection: send every later request to a closed port."""
+        self.client.client.endpoint_override = "http://127.0.0.1:9/v3"
 
     @classmethod
     def from_config(cls, conf):

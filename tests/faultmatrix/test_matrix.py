@@ -1,0 +1,145 @@
+"""The fault-injection matrix: the real create flow against the real dev cloud
+(Keystone + Cinder) and libvirt's test driver, with a fault injected at every
+task of the create flow and just before and after every external call.
+
+Actions:
+* ``raise`` -- an exception at that point (first hit);
+* ``hang``  -- a hang at that point past the freeze deadline
+  (freeze_timeout 1 s, thaw-guard margin 0.5 s, hang 2.5 s);
+* ``kill``  -- SIGKILL of the cgsnap process (a subprocess), then
+  ``cgsnap recover`` as the next cron run would;
+* ``unreachable`` -- from that point on Cinder's endpoint is a closed port
+  (real connection errors), then ``cgsnap recover`` once it is back.
+
+After every case: the guest is thawed (test driver freeze count 0, in-process
+cases), no Cinder snapshot of a non-available set exists, no manifest is left
+``creating``/``deleting``, an available set is complete and filesystem
+consistent, and a failure exits with a documented code and one stderr line.
+The real-guest subset (SIGKILL in freeze, snapshot wait and thaw, measured by
+qemu-ga) is tests/e2e/test_guard.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cgsnap import drivers, faults
+
+from ..functional.conftest import CLOUDS, Instance
+from .conftest import RESULTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
+
+TASKS = ["DiscoverInstance", "RecordSet", "CheckRootDisk", "CheckVolumes", "CheckQuota",
+         "CheckLocalDisks", "CheckMemory", "CheckImageStore", "CheckAgent", "StartThawGuard",
+         "CleanupVolumeSnapshots", "CleanupImages", "CleanupLocalDisks", "FreezeGuest",
+         "SnapshotLocalDisks", "SnapshotVolumes", "ThawGuest", "ExportLocalDisks",
+         "RecordMemoryImage", "UploadRootImage", "FinalizeSet"]
+BOUNDARIES = ["hypervisor.get_instance", "hypervisor.ping_agent", "hypervisor.freeze",
+              "hypervisor.freeze.after", "volume.get_volume", "volume.get_limits",
+              "volume.create_snapshot", "volume.create_snapshot.after",
+              "task.SnapshotVolumes.created", "volume.list_snapshots", "hypervisor.thaw",
+              "hypervisor.thaw.after"]
+STORAGE = ["volume.get_volume", "volume.get_limits", "volume.create_snapshot",
+           "volume.create_snapshot.after", "task.SnapshotVolumes.created",
+           "volume.list_snapshots"]
+# Points inside the freeze window: a SIGKILL there is the guard's job.
+CASES = ([(f"task.{t}", a) for t in TASKS for a in ("raise", "hang", "kill")]
+         + [(p, a) for p in BOUNDARIES for a in ("raise", "hang", "kill")]
+         + [(p, "unreachable") for p in STORAGE])
+DOCUMENTED = {0, 3, 4, 5, 6, 7, 8, 9, 10}
+
+
+@pytest.fixture(scope="module")
+def inst(tmp_path_factory):
+    from cgsnap import testing
+    if not os.path.exists(CLOUDS):
+        pytest.fail("dev cloud not set up: run `make fault-matrix`", pytrace=False)
+    lab = testing.CinderLab(CLOUDS)
+    tmp = tmp_path_factory.mktemp("matrix")
+    inst = Instance(lab, tmp, 3, "matrix")
+    inst.conf.write_text(inst.conf.read_text().replace(
+        "freeze_timeout = 30", "freeze_timeout = 1.0\nthaw_guard_margin = 0.5"))
+    yield inst
+    lab.delete_volumes(inst.all_volume_ids())
+
+
+def _orphans(inst):
+    """Snapshots of this instance whose set is not available."""
+    rc, out, _ = inst.cgsnap("list", "-f", "json")
+    live = {r["id"] for r in json.loads(out) if r["status"] == "available"}
+    snaps = inst.lab.admin.volume_snapshots.list(search_opts={"all_tenants": 1})
+    return [s.id for s in snaps if (s.metadata or {}).get("cgsnap_instance_id") == inst.id
+            and s.metadata.get("cgsnap_set_id") not in live]
+
+
+def _run_in_process(inst, point, action):
+    spec = {"raise": "raise@1", "hang": "hang=2.5@1", "unreachable": "unreachable@1"}[action]
+    faults.arm(point, spec)
+    try:
+        return inst.cgsnap("create", "--all-volumes", inst.name, "-f", "json")
+    finally:
+        faults.reset()
+        drivers.override(None)  # fresh clients: an 'unreachable' fault broke the old ones
+
+
+def _run_killed(inst, point):
+    env = dict(os.environ, CGSNAP_FAULT=f"{point}:kill")
+    proc = subprocess.run([CGSNAP, "--config-file", str(inst.conf), "create", "--all-volumes",
+                           inst.name, "-f", "json"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("point,action", CASES, ids=[f"{p}:{a}" for p, a in CASES])
+def test_fault(inst, point, action):
+    t0 = time.monotonic()
+    if action == "kill":
+        rc, out, err = _run_killed(inst, point)
+    else:
+        rc, out, err = _run_in_process(inst, point, action)
+    # What the next cron run does first.
+    rec_rc, rec_out, rec_err = inst.cgsnap("recover", "-f", "json")
+    frozen_left = inst.frozen_count()
+    orphans = _orphans(inst)
+    _, listing, _ = inst.cgsnap("list", "-f", "json")
+    sets = json.loads(listing)
+    problems = []
+    if rec_rc != 0:
+        problems.append(f"recover exited {rec_rc}: {rec_err.strip()}")
+    if any(s["status"] in ("creating", "deleting") for s in sets):
+        problems.append("a manifest is left creating/deleting")
+    if action == "kill":
+        if rc not in (-signal.SIGKILL, 0):
+            problems.append(f"expected SIGKILL, got rc {rc}")
+    elif rc == 0:
+        doc = json.loads(out)
+        if not (doc["status"] == "available" and doc["consistency"] == "filesystem"
+                and doc["freeze"]["guard"] == "disarmed"
+                and all(m["status"] == "available" for m in doc["members"])):
+            problems.append("rc 0 but the set is not complete and consistent")
+    else:
+        if rc not in DOCUMENTED:
+            problems.append(f"undocumented exit code {rc}")
+        if err.count("\n") != 1 or "Traceback" in err or not err.startswith("cgsnap: error:"):
+            problems.append(f"stderr is not one clear line: {err!r}")
+        failed = [s for s in sets if s["status"] == "failed"]
+        if sets and not failed:
+            problems.append("failure exit but no failed manifest")
+    if frozen_left:
+        problems.append(f"{frozen_left} filesystems left frozen")
+    if orphans:
+        problems.append(f"orphans: {orphans}")
+    outcome = "available" if rc == 0 else ("killed" if rc < 0 else f"failed:{rc}")
+    RESULTS.append({"case": f"{point}:{action}", "rc": rc, "outcome": outcome,
+                    "seconds": time.monotonic() - t0, "frozen_left": frozen_left,
+                    "orphans": len(orphans), "ok": not problems})
+    # Leave the instance clean for the next case.
+    for s in sets:
+        inst.cgsnap("delete", s["id"])
+    assert not problems, problems
