@@ -6,12 +6,12 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e lint genconfig bench clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e fault-matrix lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
 	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e)"
-	@echo "make unit | functional | e2e | bench | lint | genconfig | devcloud | devcloud-stop | clean"
+	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
 
 bootstrap: $(VENV)/.cgsnap-installed
 
@@ -48,6 +48,9 @@ e2e: devcloud testguest
 	    echo "e2e: qemu or libvirtd left running" >&2; rc=1; fi; \
 	exit $$rc
 
+fault-matrix: devcloud
+	$(PYTEST) -q -p no:warnings tests/faultmatrix
+
 # Freeze-window and fleet benchmarks (bench/RESULTS.md); needs the dev cloud.
 bench: devcloud
 	bench/run.sh
@@ -62,6 +65,7 @@ test: bootstrap
 	$(MAKE) --no-print-directory unit && \
 	$(MAKE) --no-print-directory functional && \
 	$(MAKE) --no-print-directory e2e && \
+	$(MAKE) --no-print-directory fault-matrix && \
 	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
 
 clean:

@@ -48,8 +48,11 @@ def _run(factory, store, book_name, on_failure=None):
     it was raised (a CgsnapError keeps its exit code)."""
     backend = persistence_backend()
     book = models.LogBook(book_name)
-    engine = engines.load_from_factory(factory, store=store, backend=backend, book=book,
-                                       engine="serial")
+    try:
+        engine = engines.load_from_factory(factory, store=store, backend=backend, book=book,
+                                           engine="serial")
+    except tf_exc.StorageFailure as e:
+        raise exception.ConfigError(f"cannot write the flow logbook: {_cause(e)}") from None
     try:
         engine.run()
     except tf_exc.WrappedFailure as wrapped:
@@ -59,11 +62,23 @@ def _run(factory, store, book_name, on_failure=None):
         if first.exception is not None:
             raise first.exception from None
         raise exception.CgsnapError(first.exception_str) from None
+    except tf_exc.StorageFailure as e:
+        # The logbook could not be written (disk full, database down): the
+        # engine stopped without reverting, so undo from the manifest.
+        if on_failure:
+            on_failure(engine, revert=True)
+        raise exception.ConfigError(f"cannot write the flow logbook: {_cause(e)}") from None
     except BaseException:
         if on_failure:
             on_failure(engine)
         raise
     return engine
+
+
+def _cause(err):
+    while getattr(err, "cause", None) is not None or err.__cause__ is not None:
+        err = getattr(err, "cause", None) or err.__cause__
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _options(**kwargs):
@@ -113,9 +128,11 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
         set_id = naming.new_set_id()
         store = {"instance_ref": instance["id"], "set_id": set_id, "options": options}
 
-        def _after_failure(engine):
+        def _after_failure(engine, revert=False):
             _ensure_thawed(engine, drv, instance)
             guard.stop(set_id)
+            if revert:
+                _revert_from_manifest(cat, set_id)
 
         try:
             _run(create_flows.create_flow, store, f"create-{set_id}", _after_failure)
@@ -126,6 +143,21 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
             _verify_nothing_left(drv, cat, set_id)
             raise exception.Interrupted(f"interrupted; set {set_id} was reverted") from None
         return cat.get(set_id)
+
+
+def _revert_from_manifest(cat, set_id):
+    """Undo a create whose engine stopped without its reverts."""
+    from cgsnap import recovery
+    try:
+        doc = cat.get(set_id, verify=False)
+    except exception.CgsnapError:
+        return
+    problems = recovery.revert_members(doc)
+    try:
+        cat.update(set_id, status=manifest.STATUS_FAILED, cleanup_pending=bool(problems),
+                   status_reason="the flow logbook could not be written; reverted")
+    except exception.CgsnapError as e:
+        LOG.error("could not mark set %s failed: %s", set_id, e)
 
 
 def _ensure_thawed(engine, drv, instance):
