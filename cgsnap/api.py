@@ -204,27 +204,23 @@ def _check_members_gone(drv, doc):
         if os.path.isdir(local.set_dir(set_id)) and os.listdir(local.set_dir(set_id)):
             raise exception.CleanupIncomplete(
                 f"set {set_id} failed and files remain in {local.set_dir(set_id)}")
-    if any(m["kind"] == manifest.KIND_GLANCE_IMAGE for m in doc["members"]):
-        try:
-            images = drv.images.list_images(set_id)
-        except exception.CgsnapError as e:
-            raise exception.CleanupIncomplete(
-                f"could not verify the cleanup of set {set_id}: {e}") from None
-        if images:
-            raise exception.CleanupIncomplete(
-                f"set {set_id} failed and {len(images)} Glance image(s) could not be deleted: "
-                + ", ".join(i["id"] for i in images))
-    if not any(m["kind"] == manifest.KIND_CINDER_SNAPSHOT for m in doc["members"]):
-        return
+    kinds = {m["kind"] for m in doc["members"]}
+    if manifest.KIND_GLANCE_IMAGE in kinds:
+        _none_left(set_id, "Glance image(s)", lambda: drv.images.list_images(set_id))
+    if manifest.KIND_CINDER_SNAPSHOT in kinds:
+        _none_left(set_id, "Cinder snapshot(s)", lambda: drv.volumes.list_snapshots(set_id))
+
+
+def _none_left(set_id, what, list_members):
     try:
-        left = drv.volumes.list_snapshots(set_id)
+        left = list_members()
     except exception.CgsnapError as e:
         raise exception.CleanupIncomplete(
             f"could not verify the cleanup of set {set_id}: {e}") from None
     if left:
         raise exception.CleanupIncomplete(
-            f"set {set_id} failed and {len(left)} member snapshot(s) could not be deleted: "
-            + ", ".join(s["id"] for s in left) + " (run 'cgsnap delete " + set_id + "')")
+            f"set {set_id} failed and {len(left)} {what} could not be deleted: "
+            + ", ".join(x["id"] for x in left) + " (run 'cgsnap recover' when the service is back)")
 
 
 def delete_snapshot_set(set_id_or_prefix):

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 
 from cgsnap import exception
 
@@ -47,9 +48,11 @@ def arm(name, action="raise"):
         _hits[name] = 0
 
 
-def on_unreachable(hook):
-    """Register ``hook()``, called when an ``unreachable`` fault fires."""
-    _unreachable_hooks.append(hook)
+def on_unreachable(bound_method):
+    """Register a driver's method, called when an ``unreachable`` fault fires.
+    Held weakly: registering must not keep old clients (and their kept-alive
+    connections) alive."""
+    _unreachable_hooks.append(weakref.WeakMethod(bound_method))
 
 
 def reset():
@@ -84,7 +87,9 @@ def point(name):
     elif verb == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif verb == "unreachable":
-        for hook in list(_unreachable_hooks):
-            hook()
+        for ref in list(_unreachable_hooks):
+            hook = ref()
+            if hook is not None:
+                hook()
     else:
         raise ValueError(f"unknown fault action {action!r} for {name}")

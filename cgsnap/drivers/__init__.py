@@ -59,7 +59,19 @@ def override(driver_set):
     """Use ``driver_set`` for this process (None: rebuild from config on next get())."""
     global _current
     with _lock:
-        _current = driver_set
+        old, _current = _current, driver_set
+    _close(old)
+
+
+def _close(driver_set):
+    """Close the HTTP sessions of the drivers a set built (kept-alive
+    connections would otherwise linger until garbage collection)."""
+    if driver_set is None:
+        return
+    for name in ("volumes", "images"):
+        drv = vars(driver_set).get(name)  # only what was ever built
+        if hasattr(drv, "close"):
+            drv.close()
 
 
 def _from_config():

@@ -90,6 +90,13 @@ class CinderBackend:
         """Fault injection: send every later request to a closed port."""
         self.client.client.endpoint_override = "http://127.0.0.1:9/v3"
 
+    def close(self):
+        """Close the kept-alive HTTP connections."""
+        try:
+            self.client.client.session.session.close()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
     @classmethod
     def from_config(cls, conf):
         session, region = _session_from_config(conf)

@@ -36,6 +36,13 @@ class GlanceBackend:
         self.client = glance_client.Client("2", session=session, region_name=region_name,
                                            interface=interface or "public")
 
+    def close(self):
+        """Close the kept-alive HTTP connections."""
+        try:
+            self.client.http_client.session.session.close()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
     @classmethod
     def from_config(cls, conf):
         session, region = _session_from_config(conf)
