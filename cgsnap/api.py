@@ -128,7 +128,10 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
         set_id = naming.new_set_id()
         store = {"instance_ref": instance["id"], "set_id": set_id, "options": options}
 
+        side_effects = []
+
         def _after_failure(engine, revert=False):
+            side_effects.append(_reached_side_effects(engine))
             _ensure_thawed(engine, drv, instance)
             guard.stop(set_id)
             if revert:
@@ -137,7 +140,8 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
         try:
             _run(create_flows.create_flow, store, f"create-{set_id}", _after_failure)
         except exception.CgsnapError:
-            _verify_nothing_left(drv, cat, set_id)
+            if any(side_effects):  # a pre-check failure created nothing: no need to look
+                _verify_nothing_left(drv, cat, set_id)
             raise
         except KeyboardInterrupt:
             _verify_nothing_left(drv, cat, set_id)
@@ -158,6 +162,20 @@ def _revert_from_manifest(cat, set_id):
                    status_reason="the flow logbook could not be written; reverted")
     except exception.CgsnapError as e:
         LOG.error("could not mark set %s failed: %s", set_id, e)
+
+
+_CREATING_ATOMS = ("SnapshotLocalDisks", "SnapshotVolumes", "UploadRootImage")
+
+
+def _reached_side_effects(engine):
+    """Whether the failed flow got as far as creating members."""
+    for name in _CREATING_ATOMS:
+        try:
+            if engine.storage.get_atom_state(name) not in (None, states.PENDING):
+                return True
+        except Exception:  # noqa: BLE001 - unknown: assume it did
+            return True
+    return False
 
 
 def _ensure_thawed(engine, drv, instance):

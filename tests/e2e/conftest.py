@@ -17,6 +17,8 @@ import pytest
 
 from cgsnap.cli import main as cli
 
+from ..functional.conftest import config_file_owns_the_state  # noqa: F401 (autouse)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TG = os.path.join(ROOT, "tools", "testguest", "testguest.sh")
 TGDIR = os.environ.get("TESTGUEST_DIR", os.path.join(ROOT, ".testguest"))
@@ -157,3 +159,4 @@ def inspect_image(path, tmp_path):
                 fsck.returncode)
     finally:
         os.remove(raw)
+

@@ -5,6 +5,8 @@
 
 import pytest
 
+from ..functional.conftest import config_file_owns_the_state  # noqa: F401 (autouse)
+
 RESULTS = []  # dicts: case, rc, outcome, seconds, frozen_left, orphans, ok
 
 

@@ -87,3 +87,12 @@ def make_instance(lab, tmp_path):
 
 def quiesce_failure(_point):
     raise exception.QuiesceFailed("guest agent freeze failed on fn-guest: injected")
+
+
+@pytest.fixture(autouse=True)
+def config_file_owns_the_state(clean_conf):
+    """These tiers give cgsnap a real config file, and subprocesses read it:
+    drop the unit tier's state-dir overrides so in-process runs agree."""
+    from cgsnap.conf import CONF
+    CONF.clear_override("state_dir")
+    CONF.clear_override("persistence_connection")
