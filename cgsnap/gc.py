@@ -29,10 +29,16 @@ def _age_s(created_at):
     return (datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()
 
 
-def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True):
-    """Return one row per candidate: kind, id, name, set_id, action, reason."""
+def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instance=False):
+    """Return one row per candidate: kind, id, name, set_id, action, reason.
+
+    Only members of instances this catalog knows are candidates, unless
+    ``any_instance``: another catalog (another host, the demo) may own the rest.
+    """
     cat = Catalog(state.catalog_url())
-    live = {d["id"] for d in cat.list() if d["status"] in LIVE}
+    docs = cat.list()
+    live = {d["id"] for d in docs if d["status"] in LIVE}
+    known_instances = {d["instance_id"] for d in docs}
     drv = drivers_mod.get()
     rows = []
 
@@ -40,6 +46,9 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True):
         set_id = item["metadata"].get(naming.META_SET_ID)
         row = {"kind": kind, "id": item["id"], "name": item.get("name"), "set_id": set_id}
         if set_id in live:
+            return
+        owner = item["metadata"].get(naming.META_INSTANCE_ID)
+        if not any_instance and owner is not None and owner not in known_instances:
             return
         if _age_s(item.get("created_at")) < grace_s:
             rows.append(dict(row, action="kept", reason="younger than the grace period"))

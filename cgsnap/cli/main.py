@@ -104,6 +104,9 @@ def _parser():
                    help="leave anything younger than S seconds alone (default 3600)")
     g.add_argument("--no-images", action="store_true",
                    help="do not look at Glance (clouds without an image service)")
+    g.add_argument("--any-instance", action="store_true",
+                   help="also collect members of instances this catalog has never seen "
+                        "(by default they may belong to another host's catalog)")
 
     d = sub.add_parser("delete", help="delete sets: every member, then the manifest")
     d.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
@@ -174,7 +177,8 @@ def run(argv=None, stdout=None, stderr=None):
                 return exception.EXIT_CLEANUP
         elif args.command == "gc":
             from cgsnap import gc
-            rows = gc.collect(args.dry_run, args.grace_period, images=not args.no_images)
+            rows = gc.collect(args.dry_run, args.grace_period, images=not args.no_images,
+                              any_instance=args.any_instance)
             cols = ["kind", "id", "name", "set_id", "action", "reason"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
             if any(r["action"] == "failed" for r in rows):

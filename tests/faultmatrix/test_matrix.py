@@ -158,3 +158,11 @@ def test_fault(inst, point, action):
                     "orphans": len(orphans), "ok": not problems})
     _sweep(inst)
     assert not problems, problems
+
+
+def test_gc_finds_nothing_after_the_matrix(inst):
+    """Runs after every case (definition order): each cleaned up after itself."""
+    rc, out, err = inst.cgsnap("gc", "--dry-run", "--grace-period", "0", "--no-images",
+                               "-f", "json")
+    assert rc == 0, err
+    assert [r for r in json.loads(out) if r["action"] != "kept"] == []
