@@ -81,8 +81,10 @@ class RealGuest:
     def last_seq(self):
         with open(self.console, "rb") as f:
             f.seek(max(0, os.path.getsize(self.console) - 4096))
-            lines = [ln for ln in f.read().split(b"\n") if ln.startswith(b"SEQ ")]
-        return int(lines[-1].split()[1]) if lines else 0
+            complete = f.read().split(b"\n")[:-1]  # the last line may be half-written
+        seqs = [ln.split()[1] for ln in complete if ln.startswith(b"SEQ ")]
+        seqs = [int(x) for x in seqs if x.isdigit()]
+        return seqs[-1] if seqs else 0
 
     def wait_progress(self, rounds=3, deadline=30):
         start = self.last_seq()
