@@ -71,9 +71,11 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
         for img in drv.images.list_all_cgsnap_images():
             consider("glance-image", img, drv.images.delete_image)
     if volumes:
-        for snap in drv.volumes.list_all_cgsnap_snapshots():
-            deps = drv.volumes.snapshot_dependents(snap["id"])
-            consider("cinder-snapshot", snap, drv.volumes.delete_snapshot, deps)
+        snaps = drv.volumes.list_all_cgsnap_snapshots()
+        clones = drv.volumes.volumes_by_source_snapshot() if snaps else {}
+        for snap in snaps:
+            consider("cinder-snapshot", snap, drv.volumes.delete_snapshot,
+                     clones.get(snap["id"], ()))
     from cgsnap.tasks import local
     root = os.path.dirname(local.set_dir("x"))
     if os.path.isdir(root):

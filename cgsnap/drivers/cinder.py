@@ -144,11 +144,15 @@ class CinderBackend:
         found = _call("list snapshots", self.client.volume_snapshots.list)
         return [_snapshot_dict(s) for s in found if naming.META_SET_ID in (s.metadata or {})]
 
-    def snapshot_dependents(self, snapshot_id):
-        """Ids of volumes created from this snapshot (they block its deletion)."""
-        vols = _call("list volumes", self.client.volumes.list,
-                     search_opts={"snapshot_id": snapshot_id})
-        return [v.id for v in vols if getattr(v, "snapshot_id", None) == snapshot_id]
+    def volumes_by_source_snapshot(self):
+        """``{snapshot id: [ids of volumes created from it]}`` (they block its
+        deletion).  Filtered client-side: Cinder's default resource filters do
+        not allow ``snapshot_id`` on volume lists."""
+        out = {}
+        for v in _call("list volumes", self.client.volumes.list):
+            if getattr(v, "snapshot_id", None):
+                out.setdefault(v.snapshot_id, []).append(v.id)
+        return out
 
     def delete_snapshot(self, snapshot_id):
         faults.point("volume.delete_snapshot")

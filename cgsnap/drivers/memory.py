@@ -115,8 +115,12 @@ class MemoryVolumeBackend:
             return [self._public(s) for s in self.snapshots.values()
                     if naming.META_SET_ID in s["metadata"]]
 
-    def snapshot_dependents(self, snapshot_id):
-        return [v["id"] for v in self.volumes.values() if v.get("snapshot_id") == snapshot_id]
+    def volumes_by_source_snapshot(self):
+        out = {}
+        for v in self.volumes.values():
+            if v.get("snapshot_id"):
+                out.setdefault(v["snapshot_id"], []).append(v["id"])
+        return out
 
     def delete_snapshot(self, snapshot_id):
         faults.point("volume.delete_snapshot")
