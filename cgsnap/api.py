@@ -255,6 +255,41 @@ def run_delete_flow(set_id):
     _run(delete_flows.delete_flow, {"set_id": set_id}, f"delete-{set_id}-{uuid.uuid4().hex[:8]}")
 
 
+def _create_flow_detail(set_id):
+    """The logbook entry of the create flow that made ``set_id``, if any."""
+    backend = persistence_backend()
+    for book in backend.get_connection().get_logbooks():
+        if book.name == f"create-{set_id}":
+            for detail in book:
+                return detail
+    return None
+
+
+def completable(set_id):
+    """An interrupted create can be completed only if its thaw already
+    succeeded with the guard disarmed: every member's point in time was then
+    taken inside a freeze that did not lapse."""
+    detail = _create_flow_detail(set_id)
+    if detail is None:
+        return None
+    atoms = {ad.name: ad for ad in detail}
+    thaw = atoms.get("ThawGuest")
+    if thaw is None or thaw.state != states.SUCCESS or not isinstance(thaw.results, dict):
+        return None
+    return detail if thaw.results.get("guard") != "fired" else None
+
+
+def resume_create(detail):
+    """Run the rest of an interrupted create from its logbook (TaskFlow
+    re-runs the atom that was running; the remaining atoms are idempotent)."""
+    engine = engines.load_from_detail(detail, backend=persistence_backend(), engine="serial")
+    try:
+        engine.run()
+    except tf_exc.WrappedFailure as wrapped:
+        first = next(iter(wrapped))
+        raise (first.exception or exception.CgsnapError(first.exception_str)) from None
+
+
 def recover(instance_ref=None):
     from cgsnap import recovery
     instance_id = None

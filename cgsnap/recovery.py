@@ -14,10 +14,12 @@ their equivalent from the manifest, which names every member in advance:
 
 Sets interrupted while deleting are deleted again, and failed sets whose
 revert could not remove everything (``cleanup_pending``, e.g. the storage API
-was down) are cleaned up again.  Interrupted creates are
-always reverted, never completed: a set whose point in time cannot be proven
-(was the guest still frozen when the last member was cut?) must not be
-offered as consistent.
+was down) are cleaned up again.
+
+An interrupted create is *completed* (its TaskFlow logbook is resumed) only
+when it got past a successful thaw with the guard disarmed: every member was
+then taken inside a freeze that held.  Anything earlier is reverted: a set
+whose point in time cannot be proven must not be offered as consistent.
 """
 
 import os
@@ -66,6 +68,17 @@ def recover_locked(cat, set_id):
         cat.save(doc)
         return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
                 "action": "cleaned", "result": "ok" if not problems else "incomplete"}
+    from cgsnap import api
+    detail = api.completable(set_id)
+    if detail is not None:
+        try:
+            api.resume_create(detail)
+            return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
+                    "action": "completed", "result": "ok"}
+        except exception.CgsnapError as e:
+            LOG.warning("recover: completing set %s failed (%s); it was reverted", set_id, e)
+            return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
+                    "action": "reverted", "result": "ok"}
     problems = revert_members(doc)
     guard_record = os.path.join(state.state_dir(), "guards", f"{set_id}.json")
     reason = "interrupted before it completed (the cgsnap process died); reverted by recover"

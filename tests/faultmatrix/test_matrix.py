@@ -53,6 +53,11 @@ CASES = ([(f"task.{t}", a) for t in TASKS for a in ("raise", "hang", "kill")]
          + [(p, a) for p in BOUNDARIES for a in ("raise", "hang", "kill")]
          + [(p, "unreachable") for p in STORAGE])
 DOCUMENTED = {0, 3, 4, 5, 6, 7, 8, 9, 10}
+# Killed after a successful thaw: recover completes the set from its logbook.
+AFTER_THAW = {"task.ExportLocalDisks", "task.RecordMemoryImage", "task.UploadRootImage",
+              "task.FinalizeSet"}
+# Killed before the manifest is written: nothing was created, nothing to recover.
+BEFORE_RECORD = {"hypervisor.get_instance", "task.DiscoverInstance", "task.RecordSet"}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +139,13 @@ def test_fault(inst, point, action):
     if action == "kill":
         if rc not in (-signal.SIGKILL, 0):
             problems.append(f"expected SIGKILL, got rc {rc}")
+        actions = [r["action"] for r in json.loads(rec_out or "[]")]
+        expected = ([] if point in BEFORE_RECORD else
+                    ["completed"] if point in AFTER_THAW else ["reverted"])
+        if actions != expected:
+            problems.append(f"recover did {actions}, expected {expected}")
+        if expected == ["completed"] and [s["status"] for s in sets] != ["available"]:
+            problems.append("a completed set is not available")
     elif rc == 0:
         doc = json.loads(out)
         if not (doc["status"] == "available" and doc["consistency"] == "filesystem"
