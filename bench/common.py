@@ -374,3 +374,16 @@ class PersistenceTimer:
         from taskflow.persistence.backends import impl_sqlalchemy as impl
         for name, orig in self._orig.items():
             setattr(impl.Connection, name, orig)
+
+
+def emit(doc, out_path, as_json):
+    """Write ``doc`` to ``out_path`` (if given); print it as JSON if asked.
+    Returns True when the caller should print its human table instead."""
+    if out_path:
+        with open(out_path, "w") as f:
+            json.dump(doc, f, indent=1)
+    if as_json:
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+        return False
+    return True

@@ -22,7 +22,6 @@ cgsnap's median throughput as a fraction of raw's median.
 
 import argparse
 import concurrent.futures
-import json
 import logging
 import os
 import sys
@@ -136,13 +135,7 @@ def main(argv=None):
                      "fraction_of_raw": rate / raw if raw else None,
                      "errors": sum(len(r["errors"]) for r in runs[ph])})
     doc = {"results": rows, "runs": runs, "command": _command()}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-    if args.json:
-        json.dump(doc, sys.stdout, indent=1)
-        print()
-    else:
+    if common.emit(doc, args.out, args.json):
         print(f"{'strategy':20} {'snap/s':>8} {'x raw':>6} {'elapsed_s':>9} {'errors':>6}")
         for r in rows:
             print(f"{r['strategy']:20} {r['snapshots_per_s']:>8.2f} "

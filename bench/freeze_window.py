@@ -30,7 +30,6 @@ Strategies
 
 import argparse
 import concurrent.futures
-import json
 import logging
 import math
 import os
@@ -354,13 +353,7 @@ def main(argv=None):
                       "tail": args.tail, "max_concurrency": args.max_concurrency,
                       "reps": args.reps, "max_parallel_creates": args.max_parallel_creates,
                       "fast_poll_s": FAST_POLL, "nova_poll_s": NOVA_POLL}}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-    if args.json:
-        json.dump(doc, sys.stdout, indent=1)
-        print()
-    else:
+    if common.emit(doc, args.out, args.json):
         print_table(results)
     pool.shutdown()
 

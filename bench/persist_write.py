@@ -9,7 +9,6 @@ stock ``taskflow.persistence.backends.fetch`` against
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -21,6 +20,9 @@ from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models
 
 from cgsnap import persistence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 
 def stock(url):
@@ -74,13 +76,7 @@ def main(argv=None):
             for name, ts in times.items()]
     doc = {"results": rows,
            "command": " ".join([".venv/bin/python", "bench/persist_write.py"] + sys.argv[1:])}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-    if args.json:
-        json.dump(doc, sys.stdout, indent=1)
-        print()
-    else:
+    if common.emit(doc, args.out, args.json):
         for r in rows:
             print(f"{r['backend']:6} median {r['median_ms']:.2f} ms  p90 {r['p90_ms']:.2f} ms  "
                   f"max {r['max_ms']:.2f} ms  ({r['writes']} writes)")
