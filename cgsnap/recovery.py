@@ -23,7 +23,6 @@ whose point in time cannot be proven must not be offered as consistent.
 """
 
 import os
-import shutil
 
 from oslo_log import log as logging
 
@@ -106,24 +105,13 @@ def revert_members(doc):
         hyp.resume(doc["instance_id"])
     except (exception.CgsnapError, AttributeError) as e:
         LOG.info("recover: resume of %s: %s", doc["instance_id"], e)
-    from cgsnap.tasks import local
-    set_dir = local.set_dir(doc["id"])
-    if kinds & set(local.OVERLAY_KINDS) or os.path.isdir(set_dir):
-        for m in doc["members"]:
-            if m["kind"] not in local.OVERLAY_KINDS:
-                continue
-            try:
-                src = hyp.disk_source(doc["instance_id"], m["device"])
-                if src and src.startswith(set_dir + os.sep):
-                    hyp.commit_active_layer(doc["instance_id"], m["device"])
-            except exception.CgsnapError as e:
-                problems.append(f"disk {m['device']} still on its overlay ({e})")
-        if not problems:
-            shutil.rmtree(set_dir, ignore_errors=True)
+    from cgsnap.tasks import image, local
+    if kinds & set(local.OVERLAY_KINDS) or os.path.isdir(local.set_dir(doc["id"])):
+        devices = [m["device"] for m in doc["members"] if m["kind"] in local.OVERLAY_KINDS]
+        problems += local.put_disks_back(hyp, doc["instance_id"], devices, doc["id"])
     if manifest.KIND_GLANCE_IMAGE in kinds:
         try:
-            for img in drv.images.list_images(doc["id"]):
-                drv.images.delete_image(img["id"])
+            image.delete_set_images(drv.images, doc["id"])
         except exception.CgsnapError as e:
             problems.append(f"Glance images ({e})")
     if manifest.KIND_CINDER_SNAPSHOT in kinds:

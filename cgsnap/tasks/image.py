@@ -20,6 +20,12 @@ def image_members(manifest):
     return [m for m in manifest["members"] if m["kind"] == manifest_mod.KIND_GLANCE_IMAGE]
 
 
+def delete_set_images(images, set_id):
+    """Delete every image tagged with this set's id (reverts, delete, recover)."""
+    for img in images.list_images(set_id):
+        images.delete_image(img["id"])
+
+
 class CheckImageStore(CgsnapTask):
     """Before the freeze: Glance answers with our credentials."""
 
@@ -39,8 +45,7 @@ class CleanupImages(CgsnapTask):
         if not image_members(manifest):
             return
         try:
-            for img in self.drivers.images.list_images(set_id):
-                self.drivers.images.delete_image(img["id"])
+            delete_set_images(self.drivers.images, set_id)
         except Exception as e:  # log and swallow; the caller verifies nothing is left
             LOG.error("revert: could not delete the images of set %s: %s", set_id, e)
 
@@ -80,5 +85,4 @@ class DeleteImages(CgsnapTask):
     def execute(self, set_id, manifest):
         self.fault_point()
         if image_members(manifest):
-            for img in self.drivers.images.list_images(set_id):
-                self.drivers.images.delete_image(img["id"])
+            delete_set_images(self.drivers.images, set_id)

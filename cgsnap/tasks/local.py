@@ -91,28 +91,31 @@ class CleanupLocalDisks(CgsnapTask):
         self.fault_point()
 
     def revert(self, set_id, instance, local_plan, **kwargs):
-        for dev, p in (local_plan or {}).items():
-            try:
-                if self.drivers.hypervisor.disk_source(instance["id"], dev) == p["overlay"]:
-                    self.drivers.hypervisor.commit_active_layer(instance["id"], dev)
-            except Exception as e:  # log and swallow; the next disk must still be tried
-                LOG.error("revert: could not commit %s of %s back: %s", dev, instance["name"], e)
-                continue
-            for path in (p["overlay"], p["copy"]):
-                try:
-                    os.remove(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    LOG.error("revert: could not remove %s: %s", path, e)
         try:
-            os.remove(os.path.join(set_dir(set_id), "memory.img"))
-        except OSError:
-            pass
+            for problem in put_disks_back(self.drivers.hypervisor, instance["id"],
+                                          list(local_plan or {}), set_id):
+                LOG.error("revert: %s", problem)
+        except Exception as e:  # log and swallow: later reverts must still run
+            LOG.error("revert: could not put the disks of %s back: %s", instance["name"], e)
+
+
+def put_disks_back(hypervisor, instance_id, devices, set_id):
+    """Commit back every one of ``devices`` still running on an overlay in
+    this set's directory, then remove the directory (overlays, copies,
+    memory image).  Returns what could not be undone; the directory is kept
+    while any disk still uses a file in it.  Used by reverts and recovery."""
+    out_dir = set_dir(set_id)
+    problems = []
+    for dev in devices:
         try:
-            os.rmdir(set_dir(set_id))
-        except OSError:
-            pass
+            src = hypervisor.disk_source(instance_id, dev)
+            if src and src.startswith(out_dir + os.sep):
+                hypervisor.commit_active_layer(instance_id, dev)
+        except exception.CgsnapError as e:
+            problems.append(f"disk {dev} still on its overlay ({e})")
+    if not problems:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return problems
 
 
 class SnapshotLocalDisks(CgsnapTask):
