@@ -1,7 +1,8 @@
 """``cgsnap gc``: collect members that belong to no live snapshot set.
 
 Candidates are Cinder snapshots and Glance images carrying cgsnap metadata
-(``cgsnap_set_id``), and set directories under ``local_dir``.  One is
+(``cgsnap_set_id``), Cinder group snapshots whose description names a cgsnap
+set, and set directories under ``local_dir``.  One is
 collected when its set is not ``available`` / ``creating`` / ``deleting`` in
 the catalog (it failed and its revert could not finish, or it was made out of
 band) and it is older than the grace period.  A snapshot that a volume was
@@ -73,7 +74,15 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
     if volumes:
         snaps = drv.volumes.list_all_cgsnap_snapshots()
         clones = drv.volumes.volumes_by_source_snapshot() if snaps else {}
+        # A group snapshot's members go with it; they cannot be deleted alone.
+        if drv.volumes.supports_groups():
+            for gs in drv.volumes.list_group_snapshots():
+                members = [s["id"] for s in snaps if s.get("group_snapshot_id") == gs["id"]]
+                consider("cinder-group-snapshot", gs, drv.volumes.delete_group_snapshot,
+                         [v for m in members for v in clones.get(m, ())])
         for snap in snaps:
+            if snap.get("group_snapshot_id"):
+                continue
             consider("cinder-snapshot", snap, drv.volumes.delete_snapshot,
                      clones.get(snap["id"], ()))
     from cgsnap.tasks import local

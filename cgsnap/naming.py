@@ -75,6 +75,31 @@ def member_name(instance_id, set_id, role, device):
     )
 
 
+def group_snapshot_name(instance_id, set_id):
+    """The deterministic name of a set's Cinder group snapshot.  Cinder gives
+    the group snapshot's member snapshots this name too, until cgsnap renames
+    them to their member names after the thaw."""
+    return "-".join((PREFIX, short_id(instance_id), short_id(set_id), "group"))
+
+
+_GROUP_DESC_RE = re.compile(
+    r"^cgsnap set (?P<set>[0-9a-f-]{36}) of instance (?P<instance>[0-9a-f-]{36})$")
+
+
+def group_snapshot_description(set_id, instance_id):
+    """Group snapshots carry no metadata in Cinder: the description is their
+    authoritative link back to the set (see :func:`parse_group_snapshot_description`)."""
+    return f"cgsnap set {set_id} of instance {instance_id}"
+
+
+def parse_group_snapshot_description(text):
+    """``{META_SET_ID: .., META_INSTANCE_ID: ..}`` or ``None`` if not ours."""
+    m = _GROUP_DESC_RE.match(text or "")
+    if not m:
+        return None
+    return {META_SET_ID: m["set"], META_INSTANCE_ID: m["instance"]}
+
+
 def parse_member_name(name) -> Optional[MemberName]:
     """Parse a member name back; ``None`` if it is not one of ours."""
     m = _MEMBER_RE.match(name or "")

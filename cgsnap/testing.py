@@ -103,9 +103,23 @@ class CinderLab:
                          lambda v: v.status in (status, "error"), deadline, 0.05, 0.5,
                          what=f"volume {vid} -> {status}")
 
-    def create_attached_volumes(self, instance_id, count, size_gb=1, prefix="cgsnap-test"):
-        """Create ``count`` volumes and attach them to ``instance_id`` (in-use)."""
-        vols = [self.user.volumes.create(size_gb, name=f"{prefix}-{i}") for i in range(count)]
+    def create_group(self, group_type, name="cgsnap-test-group"):
+        """A generic volume group of ``group_type`` (volume type ``fake``)."""
+        from cgsnap import wait
+        gid = self.user.groups.create(group_type, "fake", name=name).id
+        group = wait.poll(lambda: self.user.groups.get(gid), lambda g: g.status != "creating",
+                          60, 0.05, 0.5, what=f"group {gid}")
+        if group.status != "available":
+            raise RuntimeError(f"group {gid} went to {group.status}")
+        return gid
+
+    def create_attached_volumes(self, instance_id, count, size_gb=1, prefix="cgsnap-test",
+                                group_id=None):
+        """Create ``count`` volumes (in ``group_id`` if given) and attach them to
+        ``instance_id`` (in-use)."""
+        extra = {"volume_type": "fake", "group_id": group_id} if group_id else {}
+        vols = [self.user.volumes.create(size_gb, name=f"{prefix}-{i}", **extra)
+                for i in range(count)]
         ids = []
         for v in vols:
             v = self._wait_volume(v.id, "available")
@@ -128,8 +142,43 @@ class CinderLab:
             except Exception:
                 pass
 
+    def delete_group_snapshots(self, group_id):
+        """Best-effort: delete every group snapshot of a group and wait."""
+        from cgsnap import wait
+        gss = [g.id for g in self.admin.group_snapshots.list(search_opts={"all_tenants": 1})
+               if g.group_id == group_id]
+        for gsid in gss:
+            try:
+                self.admin.group_snapshots.delete(gsid)
+            except Exception:
+                pass
+        wait.poll(lambda: [g for g in self.admin.group_snapshots.list(
+            search_opts={"all_tenants": 1}) if g.id in gss], lambda left: not left, 60, 0.1, 1,
+            what="group snapshot teardown")
+
     def delete_volumes(self, volume_ids):
-        """Best-effort teardown: snapshots first, then attachments, then volumes."""
+        """Best-effort teardown: group snapshots and snapshots first, then
+        group membership and attachments, then volumes."""
+        from cgsnap import wait
+        groups = set()
+        for vid in volume_ids:
+            try:
+                gid = getattr(self.admin.volumes.get(vid), "group_id", None)
+                if gid and gid not in groups:
+                    groups.add(gid)
+                    self.delete_group_snapshots(gid)
+            except Exception:
+                pass
+        for gid in groups:  # Cinder does not delete a volume that is in a group
+            try:
+                members = [v.id for v in self.admin.volumes.list(
+                    search_opts={"all_tenants": 1, "group_id": gid})]
+                if members:
+                    self.admin.groups.update(gid, remove_volumes=",".join(members))
+                    wait.poll(lambda gid=gid: self.admin.groups.get(gid).status,
+                              lambda st: st != "updating", 60, 0.05, 0.5, what="group update")
+            except Exception:
+                pass
         for vid in volume_ids:
             try:
                 for s in self.admin.volume_snapshots.list(
@@ -138,6 +187,11 @@ class CinderLab:
                 self.admin.volumes.reset_state(vid, "available", attach_status="detached")
                 self.detach_all(vid)
                 self.admin.volumes.delete(vid, cascade=True)
+            except Exception:
+                pass
+        for gid in groups:
+            try:
+                self.admin.groups.delete(gid)
             except Exception:
                 pass
 

@@ -36,6 +36,19 @@ opts = [
     cfg.StrOpt("local_dir",
                help="Where copies of file-backed disks are kept (local_disks=qcow2). "
                     "Default: <state_dir>/local."),
+    cfg.StrOpt("group_snapshots", default="auto", choices=[
+                   ("auto", "when every volume member is in one Cinder group, the group "
+                            "holds no other volume, and its group type is consistent "
+                            "(consistent_group_snapshot_enabled = '<is> True', or listed in "
+                            "consistent_group_types), cut them with one group snapshot"),
+                   ("never", "always snapshot volumes one by one")],
+               help="Whether to use a Cinder group snapshot for the volume members. A group "
+                    "snapshot is one API call and is cut by the backend at one instant; the "
+                    "freeze still gives filesystem consistency either way."),
+    cfg.ListOpt("consistent_group_types", default=[],
+                help="Cinder group types (names or ids) to treat as consistent when the "
+                     "group type's specs are hidden from this user (Cinder shows group "
+                     "specs to admins only by default)."),
     cfg.FloatOpt("cleanup_timeout", default=300.0, min=1.0,
                  help="Deadline in seconds for deleting members when a set is reverted or "
                       "deleted."),

@@ -13,7 +13,12 @@ Hypervisor instance dict::
 Volume dict:   {"id", "name", "status", "size_gb", "attached_to": [server ids],
                 "group_id"}
 Snapshot dict: {"id", "name", "status", "volume_id", "size_gb", "metadata",
-                "created_at"}
+                "created_at", "group_snapshot_id"}
+Group dict:    {"id", "status", "group_type_id", "group_type_name", "volume_ids",
+                "consistent": True | False | None (the type's specs are hidden)}
+Group snapshot dict: {"id", "name", "status", "group_id", "created_at",
+                      "metadata": {cgsnap_set_id, cgsnap_instance_id} parsed from
+                      the description}
 """
 
 import abc
@@ -68,4 +73,40 @@ class VolumeBackend(abc.ABC):
 
     def list_all_cgsnap_snapshots(self):
         """Every snapshot carrying cgsnap metadata (for gc); optional."""
+        raise NotImplementedError
+
+    # -- group snapshots (optional; used when supports_groups() is true) -------------
+    def supports_groups(self):
+        """Whether the group calls below work on this backend."""
+        return False
+
+    def get_group(self, group_id):
+        """Return the group dict; raise NotFound."""
+        raise NotImplementedError
+
+    def create_group_snapshot(self, group_id, name, description):
+        """Start one snapshot of every volume in the group; return the group
+        snapshot dict.  Its member snapshots are named ``name``."""
+        raise NotImplementedError
+
+    def get_group_snapshot(self, group_snapshot_id):
+        """Return the group snapshot dict; raise NotFound."""
+        raise NotImplementedError
+
+    def list_group_snapshots(self, set_id=None):
+        """Group snapshots made by cgsnap (recognised by their description),
+        only those of ``set_id`` if given (one API call)."""
+        raise NotImplementedError
+
+    def list_group_snapshot_members(self, group_snapshot):
+        """The snapshot dicts of one group snapshot (one API call)."""
+        raise NotImplementedError
+
+    def tag_snapshot(self, snapshot_id, name, metadata):
+        """Rename a snapshot and set its metadata (group snapshot members
+        start with the group snapshot's name and no metadata)."""
+        raise NotImplementedError
+
+    def delete_group_snapshot(self, group_snapshot_id):
+        """Start deleting a group snapshot and its members; gone is not an error."""
         raise NotImplementedError

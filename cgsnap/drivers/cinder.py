@@ -14,6 +14,10 @@ from cinderclient.v3 import client as cinder_client
 from keystoneauth1 import exceptions as ks_exc
 
 from cgsnap import exception, faults, naming
+from cgsnap.drivers import base
+
+GROUP_SNAPSHOTS_MIN_VERSION = "3.14"
+CONSISTENT_SPEC = "consistent_group_snapshot_enabled"
 
 
 def _session_from_config(conf):
@@ -69,15 +73,35 @@ def _call(what, fn, *args, **kwargs):
         raise _translate(e, what) from None
 
 
+def _delete(what, manager, resource_id):
+    """Start a delete; a resource that is already gone is not an error."""
+    try:
+        manager.delete(resource_id)
+    except cinder_exc.NotFound:
+        return
+    except (cinder_exc.ClientException, ks_exc.ClientException) as e:
+        raise _translate(e, what) from None
+
+
 def _snapshot_dict(s):
     return {
         "id": s.id, "name": s.name, "status": s.status, "volume_id": s.volume_id,
         "size_gb": s.size, "metadata": dict(getattr(s, "metadata", None) or {}),
         "created_at": getattr(s, "created_at", None),
+        "group_snapshot_id": getattr(s, "group_snapshot_id", None),
     }
 
 
-class CinderBackend:
+def _group_snapshot_dict(gs):
+    return {
+        "id": gs.id, "name": gs.name, "status": gs.status, "group_id": gs.group_id,
+        "created_at": getattr(gs, "created_at", None),
+        "metadata": naming.parse_group_snapshot_description(
+            getattr(gs, "description", None)) or {},
+    }
+
+
+class CinderBackend(base.VolumeBackend):
     """:class:`cgsnap.drivers.base.VolumeBackend` on Cinder v3."""
 
     def __init__(self, session, api_version="3.71", region_name=None, interface=None):
@@ -154,11 +178,63 @@ class CinderBackend:
                 out.setdefault(v.snapshot_id, []).append(v.id)
         return out
 
+    # -- group snapshots --------------------------------------------------------------
+    def supports_groups(self):
+        return self.client.api_version >= api_versions.APIVersion(GROUP_SNAPSHOTS_MIN_VERSION)
+
+    def get_group(self, group_id):
+        faults.point("volume.get_group")
+        g = _call(f"group {group_id}", self.client.groups.get, group_id, list_volume=True)
+        gtype = _call(f"group type {g.group_type}", self.client.group_types.get, g.group_type)
+        # Cinder shows group specs to admins only (policy group:access_group_types_specs).
+        specs = getattr(gtype, "group_specs", None)
+        consistent = None if specs is None else specs.get(CONSISTENT_SPEC) == "<is> True"
+        return {
+            "id": g.id, "status": g.status, "group_type_id": gtype.id,
+            "group_type_name": gtype.name, "consistent": consistent,
+            "volume_ids": [v if isinstance(v, str) else v["id"]
+                           for v in (getattr(g, "volumes", None) or [])],
+        }
+
+    def create_group_snapshot(self, group_id, name, description):
+        faults.point("volume.create_group_snapshot")
+        gs = _call(f"group snapshot of group {group_id}", self.client.group_snapshots.create,
+                   group_id, name=name, description=description)
+        faults.point("volume.create_group_snapshot.after")
+        return _group_snapshot_dict(gs)
+
+    def get_group_snapshot(self, group_snapshot_id):
+        faults.point("volume.get_group_snapshot")
+        return _group_snapshot_dict(_call(f"group snapshot {group_snapshot_id}",
+                                          self.client.group_snapshots.get, group_snapshot_id))
+
+    def list_group_snapshots(self, set_id=None):
+        faults.point("volume.list_group_snapshots")
+        found = _call("list group snapshots", self.client.group_snapshots.list)
+        out = [_group_snapshot_dict(gs) for gs in found]
+        return [gs for gs in out if gs["metadata"]
+                and (set_id is None or gs["metadata"][naming.META_SET_ID] == set_id)]
+
+    def list_group_snapshot_members(self, group_snapshot):
+        # Filter on the name (a default resource filter of every Cinder) and
+        # check the group snapshot id client-side.
+        found = _call("list snapshots", self.client.volume_snapshots.list,
+                      search_opts={"name": group_snapshot["name"]})
+        return [_snapshot_dict(s) for s in found
+                if getattr(s, "group_snapshot_id", None) == group_snapshot["id"]]
+
+    def tag_snapshot(self, snapshot_id, name, metadata):
+        faults.point("volume.tag_snapshot")
+        _call(f"snapshot {snapshot_id}", self.client.volume_snapshots.update, snapshot_id,
+              name=name)
+        _call(f"snapshot {snapshot_id}", self.client.volume_snapshots.set_metadata,
+              snapshot_id, metadata)
+
+    def delete_group_snapshot(self, group_snapshot_id):
+        faults.point("volume.delete_group_snapshot")
+        _delete(f"delete group snapshot {group_snapshot_id}", self.client.group_snapshots,
+                group_snapshot_id)
+
     def delete_snapshot(self, snapshot_id):
         faults.point("volume.delete_snapshot")
-        try:
-            self.client.volume_snapshots.delete(snapshot_id)
-        except cinder_exc.NotFound:
-            return
-        except (cinder_exc.ClientException, ks_exc.ClientException) as e:
-            raise _translate(e, f"delete snapshot {snapshot_id}") from None
+        _delete(f"delete snapshot {snapshot_id}", self.client.volume_snapshots, snapshot_id)

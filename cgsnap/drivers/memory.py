@@ -13,9 +13,10 @@ import time
 import uuid
 
 from cgsnap import exception, faults, naming
+from cgsnap.drivers import base
 
 
-class MemoryVolumeBackend:
+class MemoryVolumeBackend(base.VolumeBackend):
     def __init__(self, latency=0.0, jitter=0.0, max_concurrency=None, seed=0,
                  snapshot_quota=-1, gigabytes_quota=-1, create_cost=0.0):
         self.latency = latency
@@ -30,6 +31,8 @@ class MemoryVolumeBackend:
         self.snapshots = {}
         self.calls = {"create": 0, "list": 0, "get": 0, "delete": 0}
         self.fail_volume_ids = set()   # creates for these go to 'error'
+        self.groups = {}
+        self.group_snapshots = {}
 
     # -- test helpers ---------------------------------------------------------
     def add_volume(self, volume_id=None, size_gb=1, status="in-use", attached_to=(),
@@ -39,6 +42,16 @@ class MemoryVolumeBackend:
                              "size_gb": size_gb, "attached_to": list(attached_to),
                              "group_id": None}
         return vid
+
+    def add_group(self, volume_ids, consistent=True, type_name="consistent", status="available"):
+        """Put volumes in a new group; ``consistent=None`` hides the type's specs."""
+        gid = str(uuid.uuid4())
+        self.groups[gid] = {"id": gid, "status": status, "group_type_id": str(uuid.uuid4()),
+                            "group_type_name": type_name, "consistent": consistent,
+                            "volume_ids": list(volume_ids)}
+        for vid in volume_ids:
+            self.volumes[vid]["group_id"] = gid
+        return gid
 
     def _ready_at(self):
         return time.monotonic() + max(0.0, self.latency + self._rand.uniform(
@@ -55,13 +68,17 @@ class MemoryVolumeBackend:
         return {k: v for k, v in snap.items() if not k.startswith("_")}
 
     # -- VolumeBackend --------------------------------------------------------
-    def get_volume(self, volume_id):
-        faults.point("volume.get_volume")
+    def _get(self, kind, table, key, view=dict):
+        """One GET: the fault point ``volume.get_<kind>``, a counted call, NotFound."""
+        faults.point(f"volume.get_{kind}")
         with self._lock:
             self.calls["get"] += 1
-            if volume_id not in self.volumes:
-                raise exception.NotFound(f"volume {volume_id}: not found")
-            return dict(self.volumes[volume_id])
+            if key not in table:
+                raise exception.NotFound(f"{kind.replace('_', ' ')} {key}: not found")
+            return view(table[key])
+
+    def get_volume(self, volume_id):
+        return self._get("volume", self.volumes, volume_id)
 
     def get_limits(self):
         faults.point("volume.get_limits")
@@ -90,7 +107,8 @@ class MemoryVolumeBackend:
                 sid = str(uuid.uuid4())
                 snap = {"id": sid, "name": name, "status": "creating", "volume_id": volume_id,
                         "size_gb": vol["size_gb"], "metadata": dict(metadata),
-                        "created_at": _isotime(), "_ready_at": self._ready_at()}
+                        "created_at": _isotime(), "group_snapshot_id": None,
+                        "_ready_at": self._ready_at()}
                 self.snapshots[sid] = snap
                 out = self._public(snap)
         finally:
@@ -129,11 +147,96 @@ class MemoryVolumeBackend:
             snap = self.snapshots.get(snapshot_id)
             if snap is None:
                 return
-            if snap["status"] == "creating":
+            if snap["status"] == "creating" or snap.get("group_snapshot_id"):
                 raise exception.SnapshotFailed(
-                    f"delete snapshot {snapshot_id}: snapshot is still creating")
+                    f"delete snapshot {snapshot_id}: snapshot is still creating or is "
+                    f"part of a group snapshot")
             snap["status"] = "deleting"
             snap["_ready_at"] = time.monotonic()
+
+    # -- group snapshots ------------------------------------------------------
+    def supports_groups(self):
+        return True
+
+    def get_group(self, group_id):
+        return self._get("group", self.groups, group_id)
+
+    def create_group_snapshot(self, group_id, name, description):
+        faults.point("volume.create_group_snapshot")
+        if self.create_cost:
+            time.sleep(self.create_cost)
+        with self._lock:
+            self.calls["create"] += 1
+            group = self.groups.get(group_id)
+            if group is None:
+                raise exception.NotFound(f"group {group_id}: not found")
+            gsid = str(uuid.uuid4())
+            ready_at = self._ready_at()
+            for vid in group["volume_ids"]:
+                sid = str(uuid.uuid4())
+                self.snapshots[sid] = {
+                    "id": sid, "name": name, "status": "creating", "volume_id": vid,
+                    "size_gb": self.volumes[vid]["size_gb"], "metadata": {},
+                    "created_at": _isotime(), "group_snapshot_id": gsid, "_ready_at": ready_at}
+            self.group_snapshots[gsid] = {
+                "id": gsid, "name": name, "status": "creating", "group_id": group_id,
+                "created_at": _isotime(),
+                "metadata": naming.parse_group_snapshot_description(description) or {}}
+            out = self._group_snapshot(gsid)
+        faults.point("volume.create_group_snapshot.after")
+        return out
+
+    def _group_snapshot(self, gsid):
+        gs = self.group_snapshots[gsid]
+        members = [s for s in self.snapshots.values() if s.get("group_snapshot_id") == gsid]
+        for snap in members:
+            self._refresh(snap)
+        if gs["status"] == "creating" and all(s["status"] != "creating" for s in members):
+            gs["status"] = ("error" if any(s["status"] == "error" for s in members)
+                            else "available")
+        return dict(gs)
+
+    def get_group_snapshot(self, group_snapshot_id):
+        return self._get("group_snapshot", self.group_snapshots, group_snapshot_id,
+                         lambda gs: self._group_snapshot(gs["id"]))
+
+    def list_group_snapshots(self, set_id=None):
+        faults.point("volume.list_group_snapshots")
+        with self._lock:
+            self.calls["list"] += 1
+            out = [self._group_snapshot(g) for g in list(self.group_snapshots)]
+        return [g for g in out if g["metadata"]
+                and (set_id is None or g["metadata"][naming.META_SET_ID] == set_id)]
+
+    def list_group_snapshot_members(self, group_snapshot):
+        with self._lock:
+            self.calls["list"] += 1
+            return [self._public(s) for s in self.snapshots.values()
+                    if s.get("group_snapshot_id") == group_snapshot["id"]]
+
+    def tag_snapshot(self, snapshot_id, name, metadata):
+        faults.point("volume.tag_snapshot")
+        with self._lock:
+            snap = self.snapshots.get(snapshot_id)
+            if snap is None:
+                raise exception.NotFound(f"snapshot {snapshot_id}: not found")
+            snap["name"] = name
+            snap["metadata"].update(metadata)
+
+    def delete_group_snapshot(self, group_snapshot_id):
+        faults.point("volume.delete_group_snapshot")
+        with self._lock:
+            self.calls["delete"] += 1
+            if group_snapshot_id not in self.group_snapshots:
+                return
+            if self._group_snapshot(group_snapshot_id)["status"] == "creating":
+                raise exception.SnapshotFailed(
+                    f"delete group snapshot {group_snapshot_id}: still creating")
+            del self.group_snapshots[group_snapshot_id]
+            for snap in self.snapshots.values():
+                if snap.get("group_snapshot_id") == group_snapshot_id:
+                    snap.update(status="deleting", _ready_at=time.monotonic(),
+                                group_snapshot_id=None)
 
 
 class MemoryImageBackend:

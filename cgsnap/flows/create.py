@@ -3,14 +3,20 @@
 ::
 
     DiscoverInstance -> RecordSet -> CheckRootDisk -> CheckVolumes -> CheckQuota
-      -> CheckLocalDisks -> CheckMemory -> CheckImageStore -> CheckAgent -> StartThawGuard
+      -> ChooseVolumeCut -> CheckLocalDisks -> CheckMemory -> CheckImageStore -> CheckAgent
+      -> StartThawGuard
       -> CleanupVolumeSnapshots, CleanupImages, CleanupLocalDisks   (revert-only)
       -> FreezeGuest -> SnapshotLocalDisks -> SnapshotVolumes -> ThawGuest
                                                             ^ the freeze window
-      -> ExportLocalDisks -> RecordMemoryImage -> UploadRootImage -> FinalizeSet
+      -> TagGroupSnapshotMembers -> ExportLocalDisks -> RecordMemoryImage
+      -> UploadRootImage -> FinalizeSet
 
 With ``--memory`` the guest is paused instead of frozen (libvirt cannot do
 both), and the memory image is written by the same atomic snapshot call.
+
+ChooseVolumeCut decides, before the freeze, whether the volume members are
+cut by one Cinder group snapshot (they form one consistent group) or one by
+one; TagGroupSnapshotMembers names a group snapshot's members after the thaw.
 
 Everything that can refuse the operation runs before FreezeGuest.  Inside the
 window there are only the snapshot creates and the wait for them.  A failure
@@ -27,7 +33,8 @@ from cgsnap.tasks import catalog, hypervisor, image, local, volume
 
 FLOW_NAME = "cgsnap-create"
 REQUIRES = frozenset({"instance_ref", "set_id", "options"})
-PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "local_plan", "memory_plan",
+PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "volume_groups",
+                      "volume_cut_plan", "volume_cut", "local_plan", "memory_plan",
                       "memory_image", "agent", "thaw_guard", "freeze",
                       "local_cut", "volume_snapshots", "thaw", "local_copies", "root_images",
                       "result"})
@@ -43,6 +50,7 @@ def create_flow(drivers=None):
         hypervisor.CheckRootDisk(drivers),
         volume.CheckVolumes(drivers),
         volume.CheckQuota(drivers),
+        volume.ChooseVolumeCut(drivers),
         local.CheckLocalDisks(drivers),
         hypervisor.CheckMemory(drivers),
         image.CheckImageStore(drivers),
@@ -55,6 +63,7 @@ def create_flow(drivers=None):
         local.SnapshotLocalDisks(drivers),
         volume.SnapshotVolumes(drivers),
         hypervisor.ThawGuest(drivers),
+        volume.TagGroupSnapshotMembers(drivers),
         local.ExportLocalDisks(drivers),
         local.RecordMemoryImage(drivers),
         image.UploadRootImage(drivers),

@@ -61,8 +61,8 @@ class FinalizeSet(CgsnapTask):
 
     default_provides = "result"
 
-    def execute(self, manifest, agent, freeze, thaw, volume_snapshots, local_copies,
-                root_images, memory_image):
+    def execute(self, manifest, agent, freeze, thaw, volume_cut, volume_snapshots,
+                local_copies, root_images, memory_image):
         self.fault_point()
         doc = dict(manifest)
         by_name = {s["name"]: s for s in volume_snapshots}
@@ -94,6 +94,9 @@ class FinalizeSet(CgsnapTask):
                       "ok" if agent["reachable"] else "unreachable"),
         }
         doc["memory"] = memory_image
+        if volume_cut["mode"] != "none":
+            doc["backend_consistency"] = "group" if volume_cut["group_snapshot"] else "none"
+        doc["group_snapshot"] = volume_cut["group_snapshot"]
         if not agent["reachable"] and not agent.get("skipped"):
             doc["status_reason"] = f"crash-consistent: {agent['error']}"
         return _catalog().save(doc)

@@ -1,6 +1,7 @@
 """Tasks that touch block storage (Cinder) through the volume driver."""
 
 import concurrent.futures
+import functools
 import threading
 import time
 
@@ -34,9 +35,12 @@ def volume_members(manifest):
 
 
 class CheckVolumes(CgsnapTask):
-    """Every volume exists, is ``in-use`` and is attached to this instance."""
+    """Every volume exists, is ``in-use`` and is attached to this instance.
 
-    default_provides = "volume_sizes"
+    Provides each volume's size (for the quota check) and Cinder group (for
+    :class:`ChooseVolumeCut`)."""
+
+    default_provides = ("volume_sizes", "volume_groups")
 
     def execute(self, instance, manifest):
         self.fault_point()
@@ -46,7 +50,7 @@ class CheckVolumes(CgsnapTask):
                 raise exception.Refused(
                     f"--exclude-volume {vid}: no such volume is attached to instance "
                     f"{instance['name']}")
-        sizes = {}
+        sizes, groups = {}, {}
         for member in volume_members(manifest):
             vid = member["volume_id"]
             try:
@@ -64,7 +68,70 @@ class CheckVolumes(CgsnapTask):
                     f"volume {vid} (disk {member['device']}) is attached to {owner} in Cinder, "
                     f"not to {instance['id']}")
             sizes[vid] = vol["size_gb"]
-        return sizes
+            groups[vid] = vol.get("group_id")
+        return sizes, groups
+
+
+CUT_GROUP = "group"          # one Cinder group snapshot cuts every volume member
+CUT_PER_VOLUME = "per-volume"  # one snapshot per volume, created in parallel
+CUT_NONE = "none"            # no volume members
+
+
+class ChooseVolumeCut(CgsnapTask):
+    """Decide, before the freeze, how the volume members are cut.
+
+    A group snapshot is used when ``[snapshot] group_snapshots = auto`` and
+    every volume member is in the same Cinder group, that group holds no
+    other volume (a group snapshot would cut it too), the group is
+    ``available``, and its group type is consistent: the
+    ``consistent_group_snapshot_enabled`` spec is ``<is> True``, or, where
+    the specs are hidden from this user, the type is listed in
+    ``[snapshot] consistent_group_types``.  Otherwise volumes are cut one by
+    one; the reason is recorded either way.
+    """
+
+    default_provides = "volume_cut_plan"
+
+    def execute(self, set_id, manifest, volume_groups):
+        self.fault_point()
+        plan = self._choose(manifest, volume_groups)
+        LOG.info("set %s: volume cut %s (%s)", set_id, plan["mode"], plan["reason"])
+        if plan["mode"] == CUT_GROUP:
+            plan.update(name=naming.group_snapshot_name(manifest["instance_id"], set_id),
+                        description=naming.group_snapshot_description(
+                            set_id, manifest["instance_id"]))
+        return plan
+
+    def _choose(self, manifest, volume_groups):
+        members = {m["volume_id"] for m in volume_members(manifest)}
+        if not members:
+            return {"mode": CUT_NONE, "reason": "no volume members"}
+        per_volume = lambda why: {"mode": CUT_PER_VOLUME, "reason": why}  # noqa: E731
+        if CONF.snapshot.group_snapshots != "auto":
+            return per_volume("[snapshot] group_snapshots = never")
+        vols = self.drivers.volumes
+        if not vols.supports_groups():
+            return per_volume("the volume backend has no group snapshots")
+        group_ids = {volume_groups.get(v) for v in members}
+        if len(group_ids) != 1 or None in group_ids:
+            return per_volume("the volumes are not all in one Cinder group")
+        group = vols.get_group(group_ids.pop())
+        if set(group["volume_ids"]) != members:
+            return per_volume(f"group {group['id']} also holds volumes that are not members")
+        if group["status"] != "available":
+            return per_volume(f"group {group['id']} is '{group['status']}'")
+        listed = set(CONF.snapshot.consistent_group_types)
+        consistent = (group["consistent"] or group["group_type_name"] in listed
+                      or group["group_type_id"] in listed)
+        if not consistent:
+            why = ("its specs are hidden from this user and it is not in "
+                   "[snapshot] consistent_group_types" if group["consistent"] is None
+                   else "consistent_group_snapshot_enabled is not '<is> True'")
+            return per_volume(f"group type {group['group_type_name']}: {why}")
+        return {"mode": CUT_GROUP, "group_id": group["id"],
+                "group_type": group["group_type_name"],
+                "reason": f"all {len(members)} volumes form group {group['id']} of "
+                          f"consistent type {group['group_type_name']}"}
 
 
 class CheckQuota(CgsnapTask):
@@ -110,44 +177,61 @@ class CleanupVolumeSnapshots(CgsnapTask):
 def delete_set_snapshots(volumes, set_id, deadline_s):
     """Delete all snapshots of a set and wait until they are gone.
 
-    Snapshots still ``creating`` cannot be deleted in Cinder, so wait for them
-    to settle first.  Returns how many snapshots were deleted.
+    A group snapshot of the set (found by its description) goes first: its
+    members cannot be deleted one by one.  Snapshots still ``creating``
+    cannot be deleted in Cinder, so wait for them to settle first.  Returns
+    how many snapshots were deleted (a group snapshot counts once).
     """
     deadline = time.monotonic() + deadline_s
     remaining = lambda: max(deadline - time.monotonic(), 0.0)  # noqa: E731
-    snaps = wait.poll(lambda: volumes.list_snapshots(set_id),
-                      lambda ss: not any(s["status"] == "creating" for s in ss),
-                      remaining(), what=f"snapshots of set {set_id} to settle")
-    for snap in snaps:
-        if snap["status"] not in ("deleting", "deleted"):
-            volumes.delete_snapshot(snap["id"])
-    wait.poll(lambda: volumes.list_snapshots(set_id),
-              lambda ss: not [s for s in ss if s["status"] != "error_deleting"],
-              remaining(), initial=0.1, what=f"deletion of set {set_id}")
-    stuck = [s["id"] for s in volumes.list_snapshots(set_id)]
-    if stuck:
-        raise exception.CleanupIncomplete(
-            f"snapshots of set {set_id} stuck in error_deleting: {', '.join(stuck)}")
-    return len(snaps)
+    groups = 0
+    if volumes.supports_groups():
+        groups = _delete_and_wait(lambda: volumes.list_group_snapshots(set_id),
+                                  volumes.delete_group_snapshot, remaining,
+                                  f"the group snapshot of set {set_id}")
+    return groups + _delete_and_wait(lambda: volumes.list_snapshots(set_id),
+                                     volumes.delete_snapshot, remaining,
+                                     f"snapshots of set {set_id}")
+
+
+def _delete_and_wait(list_fn, delete_fn, remaining, what):
+    """Let everything ``list_fn`` returns settle, delete it, wait until it is
+    gone; raise CleanupIncomplete for what is stuck in ``error_deleting``."""
+    found = wait.poll(list_fn, lambda xs: not any(x["status"] == "creating" for x in xs),
+                      remaining(), what=f"{what} to settle")
+    for item in found:
+        if item["status"] not in ("deleting", "deleted"):
+            delete_fn(item["id"])
+    if found:
+        wait.poll(list_fn, lambda xs: not [x for x in xs if x["status"] != "error_deleting"],
+                  remaining(), initial=0.1, what=f"deletion of {what}")
+        stuck = [x["id"] for x in list_fn()]
+        if stuck:
+            raise exception.CleanupIncomplete(
+                f"{what} stuck in error_deleting: {', '.join(stuck)}")
+    return len(found)
 
 
 class SnapshotVolumes(CgsnapTask):
-    """The in-window fan-out: create every volume snapshot concurrently, then
-    wait (one list call per poll) until all have left ``creating``.
+    """The in-window cut of every volume member, as one atom.
 
-    One atom for the whole fan-out keeps the persisted state changes inside
-    the freeze window few and independent of the number of members.
-    Its revert is :class:`CleanupVolumeSnapshots` (which runs after the thaw).
+    * per-volume: create every snapshot concurrently, then wait (one list
+      call per poll) until all have left ``creating``;
+    * group: one group snapshot call, then wait (one GET per poll).
+
+    One atom for the whole cut keeps the persisted state changes inside the
+    freeze window few and independent of the number of members.  Its revert
+    is :class:`CleanupVolumeSnapshots` (which runs after the thaw).
+    Provides ``volume_cut``: ``{"mode", "snapshots", "group_snapshot"}``.
     """
 
-    default_provides = "volume_snapshots"
+    default_provides = "volume_cut"
 
-    def execute(self, set_id, manifest, freeze, options):
+    def execute(self, set_id, manifest, freeze, options, volume_cut_plan):
         self.fault_point()
-        members = volume_members(manifest)
-        if not members:
-            return []
-        vols = self.drivers.volumes
+        mode = volume_cut_plan["mode"]
+        if mode == CUT_NONE:
+            return {"mode": mode, "snapshots": [], "group_snapshot": None}
         if freeze.get("started_mono") is not None:
             # The wait must end before the freeze deadline, so the guest is thawed in
             # time, and its polls stay frequent: overshoot is added to the window.
@@ -156,10 +240,18 @@ class SnapshotVolumes(CgsnapTask):
         else:
             deadline = options["wait_timeout"]
             max_interval = CONF.snapshot.poll_max_interval
-        meta = lambda m: naming.member_metadata(  # noqa: E731
-            set_id, manifest["instance_id"], m["role"], m["device"],
-            manifest_mod.SCHEMA_VERSION, manifest["name"])
-        futures = [executor().submit(vols.create_snapshot, m["volume_id"], m["name"], meta(m))
+        poll = functools.partial(wait.poll, deadline_s=deadline,
+                                 initial=CONF.snapshot.poll_initial_interval,
+                                 maximum=max_interval)
+        if mode == CUT_GROUP:
+            return self._group(volume_cut_plan, poll)
+        return self._per_volume(set_id, manifest, poll)
+
+    def _per_volume(self, set_id, manifest, poll):
+        members = volume_members(manifest)
+        vols = self.drivers.volumes
+        futures = [executor().submit(vols.create_snapshot, m["volume_id"], m["name"],
+                                     member_metadata(set_id, manifest, m))
                    for m in members]
         errors = []
         for fut in futures:
@@ -176,18 +268,73 @@ class SnapshotVolumes(CgsnapTask):
             ready = sum(1 for s in snaps if s["status"] != "creating")
             progress.report(f"waiting for snapshots: {ready}/{total} ready")
 
-        snaps = wait.poll(
-            lambda: vols.list_snapshots(set_id),
-            lambda ss: len(ss) >= total and all(s["status"] != "creating" for s in ss),
-            deadline, CONF.snapshot.poll_initial_interval, max_interval,
-            what=f"{total} member snapshots", on_poll=_progress)
+        snaps = poll(lambda: vols.list_snapshots(set_id),
+                     lambda ss: len(ss) >= total and all(s["status"] != "creating" for s in ss),
+                     what=f"{total} member snapshots", on_poll=_progress)
         bad = [s for s in snaps if s["status"] != "available"]
         if bad:
             raise exception.SnapshotFailed(
                 f"snapshot {bad[0]['name']} of volume {bad[0]['volume_id']} went to "
                 f"'{bad[0]['status']}'")
-        return [{k: s[k] for k in ("id", "name", "status", "volume_id", "size_gb")}
-                for s in snaps]
+        return {"mode": CUT_PER_VOLUME, "group_snapshot": None,
+                "snapshots": [_member_view(s) for s in snaps]}
+
+    def _group(self, plan, poll):
+        vols = self.drivers.volumes
+        gs = vols.create_group_snapshot(plan["group_id"], plan["name"], plan["description"])
+        faults.point("task.SnapshotVolumes.created")
+        progress.report("waiting for the group snapshot")
+        gs = poll(lambda: vols.get_group_snapshot(gs["id"]),
+                  lambda g: g["status"] != "creating", what=f"group snapshot {gs['id']}")
+        if gs["status"] != "available":
+            raise exception.SnapshotFailed(
+                f"group snapshot {gs['id']} of group {plan['group_id']} went to "
+                f"'{gs['status']}'")
+        return {"mode": CUT_GROUP, "snapshots": [],
+                "group_snapshot": {k: gs[k] for k in ("id", "name", "group_id")}}
+
+
+class TagGroupSnapshotMembers(CgsnapTask):
+    """After the thaw: give each member of a group snapshot its deterministic
+    member name and the set's metadata, as per-volume members have from birth.
+
+    Provides ``volume_snapshots`` (the member snapshots) in both modes.
+    Idempotent; its revert is :class:`CleanupVolumeSnapshots`, which deletes
+    the group snapshot whether or not its members were tagged.
+    """
+
+    default_provides = "volume_snapshots"
+
+    def execute(self, set_id, manifest, volume_cut):
+        self.fault_point()
+        gs = volume_cut["group_snapshot"]
+        if not gs:
+            return volume_cut["snapshots"]
+        vols = self.drivers.volumes
+        by_volume = {m["volume_id"]: m for m in volume_members(manifest)}
+        snaps = vols.list_group_snapshot_members(gs)
+        if sorted(s["volume_id"] for s in snaps) != sorted(by_volume):
+            raise exception.SnapshotFailed(
+                f"group snapshot {gs['id']} has {len(snaps)} member snapshots, "
+                f"expected one for each of the {len(by_volume)} volumes")
+        out = []
+        for snap in snaps:
+            member = by_volume[snap["volume_id"]]
+            if snap["name"] != member["name"]:
+                vols.tag_snapshot(snap["id"], member["name"],
+                                  member_metadata(set_id, manifest, member))
+            out.append(dict(_member_view(snap), name=member["name"]))
+        return out
+
+
+def member_metadata(set_id, manifest, member):
+    return naming.member_metadata(set_id, manifest["instance_id"], member["role"],
+                                  member["device"], manifest_mod.SCHEMA_VERSION,
+                                  manifest["name"])
+
+
+def _member_view(snap):
+    return {k: snap[k] for k in ("id", "name", "status", "volume_id", "size_gb")}
 
 
 class DeleteVolumeSnapshots(CgsnapTask):

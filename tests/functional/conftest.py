@@ -37,12 +37,16 @@ def lab():
 class Instance:
     """A test-driver domain whose disks are real, attached Cinder volumes."""
 
-    def __init__(self, lab, tmp_path, n_data, name):
+    def __init__(self, lab, tmp_path, n_data, name, group_type=None):
         self.lab = lab
         self.id = str(uuid.uuid4())
         self.name = name
-        self.root_volume_id = lab.create_attached_volumes(self.id, 1, 1, f"{name}-root")[0]
-        self.volume_ids = lab.create_attached_volumes(self.id, n_data, 1, f"{name}-data")
+        # With group_type, every volume (root too) is in one group of that type.
+        self.group_id = lab.create_group(group_type, f"{name}-group") if group_type else None
+        self.root_volume_id = lab.create_attached_volumes(self.id, 1, 1, f"{name}-root",
+                                                          group_id=self.group_id)[0]
+        self.volume_ids = lab.create_attached_volumes(self.id, n_data, 1, f"{name}-data",
+                                                      group_id=self.group_id)
         self.uri = testing.write_node(str(tmp_path / "node.xml"), [
             testing.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
         self.conf = tmp_path / "cgsnap.conf"
@@ -61,6 +65,16 @@ class Instance:
         """Filesystems still frozen in the test driver (0 = thawed)."""
         return libvirt_driver.connection(self.uri).lookupByUUIDString(self.id).fsThaw()
 
+    def add_config(self, text):
+        self.conf.write_text(self.conf.read_text() + text)
+
+    def cinder_group_snapshots(self):
+        """This instance's group snapshots, as the admin sees them in Cinder."""
+        if not self.group_id:
+            return []
+        return [g for g in self.lab.admin.group_snapshots.list(search_opts={"all_tenants": 1})
+                if g.group_id == self.group_id]
+
     def cinder_snapshots(self, set_id):
         """Snapshots carrying this set id, as the admin sees them in Cinder."""
         return [s for s in self.lab.admin.volume_snapshots.list(search_opts={"all_tenants": 1})
@@ -74,8 +88,8 @@ class Instance:
 def make_instance(lab, tmp_path):
     made = []
 
-    def _make(n_data=3, name="fn-guest"):
-        inst = Instance(lab, tmp_path, n_data, name)
+    def _make(n_data=3, name="fn-guest", group_type=None):
+        inst = Instance(lab, tmp_path, n_data, name, group_type)
         made.append(inst)
         return inst
 

@@ -245,10 +245,21 @@ wait_cinder_backend() {  # the API answers before the scheduler knows the fake p
     die "cinder scheduler never saw the fake backend (pool devcloud@fake#fake)"
 }
 
+cinder_setup() {  # the (idempotent) setup runs again whenever cinder_setup.py changed
+    local setup_sum
+    setup_sum=$(sha256sum "$TOOLS/cinder_setup.py" | cut -d' ' -f1)
+    if [[ "$(cat "$STATE/cinder/.setup-done" 2>/dev/null)" != "$setup_sum" ]]; then
+        log "cinder: volume type, group types"
+        "$VENVS/cinder/bin/python" "$TOOLS/cinder_setup.py" || die "cinder_setup.py failed"
+        echo "$setup_sum" > "$STATE/cinder/.setup-done"
+    fi
+}
+
 start() {
     if probe keystone && probe cinder && probe glance &&
        running keystone && running cinder && running glance &&
        [[ -f "$STATE/.setup-done" ]]; then
+        cinder_setup
         log "already running"
         return 0
     fi
@@ -267,11 +278,7 @@ start() {
     fi
     wait_up glance
     wait_up cinder
-    if [[ ! -f "$STATE/cinder/.setup-done" ]]; then
-        log "cinder: volume type"
-        "$VENVS/cinder/bin/python" "$TOOLS/cinder_setup.py" || die "cinder_setup.py failed"
-        touch "$STATE/cinder/.setup-done"
-    fi
+    cinder_setup
     wait_cinder_backend
     touch "$STATE/.setup-done"
     log "dev cloud up in $((SECONDS - t0))s; use: eval \"\$($0 env)\"; OS_CLOUD=devcloud"
