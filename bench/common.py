@@ -3,7 +3,6 @@ Cinder storage backends with the extra calls the baselines need, dev-cloud
 provisioning, and cgsnap set-up (config, persistence variants)."""
 
 import concurrent.futures
-import contextlib
 import functools
 import json
 import os
@@ -129,14 +128,11 @@ class ModelBackend(memory.MemoryVolumeBackend):
     cuts every volume of the group.
     """
 
-    supports_group = True
-
     def __init__(self, latency, jitter=0.0, max_concurrency=None, tail=0.0, seed=0):
         super().__init__(latency=tail, jitter=0.0, seed=seed)
         self.cut_latency = latency
         self.cut_jitter = jitter
         self._cap = threading.Semaphore(max_concurrency) if max_concurrency else None
-        self._groups = {}
 
     def _cut(self):
         with self._lock:
@@ -160,44 +156,17 @@ class ModelBackend(memory.MemoryVolumeBackend):
             self._refresh(snap)
             return self._public(snap)
 
-    # group snapshots
-    def create_group_snapshot(self, group_id, name, set_id):
+    def create_group_snapshot(self, group_id, name, description):
         self._cut()
-        gid = str(uuid.uuid4())
-        ids = []
-        for vid in self._groups[group_id]:
-            meta = {naming.META_SET_ID: set_id}
-            ids.append(memory.MemoryVolumeBackend.create_snapshot(
-                self, vid, f"{name}-{vid[:8]}", meta)["id"])
-        self._groups[gid] = ids
-        return gid
-
-    def get_group_snapshot_status(self, group_snapshot_id):
-        with self._lock:
-            snaps = [self.snapshots[s] for s in self._groups[group_snapshot_id]]
-            for s in snaps:
-                self._refresh(s)
-            return "creating" if any(s["status"] == "creating" for s in snaps) else "available"
-
-    def delete_group_snapshot(self, group_snapshot_id, set_id):
-        from cgsnap.tasks import volume as volume_tasks
-        volume_tasks.delete_set_snapshots(self, set_id, 60)
-
-    def make_group(self, volume_ids):
-        gid = str(uuid.uuid4())
-        self._groups[gid] = list(volume_ids)
-        return gid
+        return super().create_group_snapshot(group_id, name, description)
 
 
 def cinder_backend_class():
-    from cinderclient import exceptions as cinder_exc
 
     from cgsnap.drivers import cinder
 
     class CinderBench(cinder.CinderBackend):
-        """cgsnap's Cinder backend plus per-snapshot GET and group snapshots."""
-
-        supports_group = True
+        """cgsnap's Cinder backend plus the per-snapshot GET the baselines need."""
 
         def get_snapshot(self, snapshot_id):
             return cinder._snapshot_dict(self.client.volume_snapshots.get(snapshot_id))
@@ -206,27 +175,6 @@ def cinder_backend_class():
             """One list call (raw strategies; no client-side re-filter)."""
             return [{"status": s.status} for s in self.client.volume_snapshots.list(
                 search_opts={"metadata": json.dumps({naming.META_SET_ID: set_id})})]
-
-        def create_group_snapshot(self, group_id, name, set_id):
-            return self.client.group_snapshots.create(group_id, name=name,
-                                                      description=f"bench {set_id}").id
-
-        def get_group_snapshot_status(self, group_snapshot_id):
-            return self.client.group_snapshots.get(group_snapshot_id).status
-
-        def delete_group_snapshot(self, group_snapshot_id, set_id):
-            from cgsnap import wait
-            wait.poll(lambda: self.get_group_snapshot_status(group_snapshot_id),
-                      lambda s: s != "creating", 120, 0.05, 0.5)
-            self.client.group_snapshots.delete(group_snapshot_id)
-
-            def gone():
-                try:
-                    self.client.group_snapshots.get(group_snapshot_id)
-                    return False
-                except cinder_exc.NotFound:
-                    return True
-            wait.poll(gone, bool, 120, 0.1, 0.5, what="group snapshot deletion")
 
     return CinderBench
 
@@ -243,11 +191,14 @@ def make_cinder_backend():
     return cinder_backend_class()(session, "3.71", region_name=region.region_name)
 
 
+GROUP_TYPE = "fake-consistent"  # the dev cloud's consistent group type
+
+
 def cinder_instances(lab, specs, tag, in_group=True, workers=8):
     """Test-driver instances with in-use Cinder volumes: ``specs`` maps a key
-    to a volume count; each instance's volumes are in their own ``fake-group``
-    group when ``in_group``.  Cached in .state/bench/<tag>.json and reused
-    while every volume is still in-use."""
+    to a volume count; each instance's volumes are in their own group of the
+    consistent type GROUP_TYPE when ``in_group``.  Cached in
+    .state/bench/<tag>.json and reused while every volume is still in-use."""
     os.makedirs(CACHE_DIR, exist_ok=True)
     path = os.path.join(CACHE_DIR, f"{tag}.json")
     cached = {}
@@ -257,7 +208,8 @@ def cinder_instances(lab, specs, tag, in_group=True, workers=8):
     out, todo = {}, []
     for key, n in specs.items():
         entry = cached.get(str(key))
-        if entry and len(entry["volume_ids"]) == n and _all_in_use(lab, entry["volume_ids"]):
+        if (entry and len(entry["volume_ids"]) == n and entry.get("group_type") ==
+                (GROUP_TYPE if in_group else None) and _all_in_use(lab, entry["volume_ids"])):
             out[key] = entry
         else:
             if entry:
@@ -276,23 +228,12 @@ def cinder_instances(lab, specs, tag, in_group=True, workers=8):
 
 
 def _provision(lab, n, name, in_group):
-    from cgsnap import wait
     instance_id = str(uuid.uuid4())
-    gid = None
-    if in_group:
-        gid = lab.user.groups.create("fake-group", "fake", name=name).id
-        wait.poll(lambda: lab.user.groups.get(gid).status, lambda s: s != "creating",
-                  120, 0.05, 0.5, what="group")
-    vols = [lab.user.volumes.create(1, name=f"{name}-{i}", volume_type="fake", group_id=gid)
-            for i in range(n)]
-    ids = []
-    for v in vols:
-        v = lab._wait_volume(v.id, "available", deadline=180)
-        if v.status != "available":
-            raise RuntimeError(f"volume {v.id} went to {v.status}")
-        lab.attach(v.id, instance_id)
-        ids.append(v.id)
-    return {"instance_id": instance_id, "group_id": gid, "volume_ids": ids}
+    gid = lab.create_group(GROUP_TYPE, name) if in_group else None
+    ids = lab.create_attached_volumes(instance_id, n, prefix=name, group_id=gid,
+                                      deadline=180)
+    return {"instance_id": instance_id, "group_id": gid, "volume_ids": ids,
+            "group_type": GROUP_TYPE if in_group else None}
 
 
 def _ensure_volume_quota(lab, more):
@@ -314,36 +255,14 @@ def _all_in_use(lab, ids):
 # -- cgsnap set-up ----------------------------------------------------------------------------
 
 def configure_cgsnap(state_dir, max_parallel_creates=None):
+    """cgsnap as an operator of the dev cloud would configure it: the tenant
+    cannot read group specs, so the consistent group type is listed."""
     from cgsnap.conf import CONF
     CONF([], project="cgsnap", default_config_files=[])
     CONF.set_override("state_dir", state_dir)
+    CONF.set_override("consistent_group_types", [GROUP_TYPE], group="snapshot")
     if max_parallel_creates:
         CONF.set_override("max_parallel_creates", max_parallel_creates, group="snapshot")
-
-
-@contextlib.contextmanager
-def lean_persistence():
-    """Swap cgsnap.api._persistence for cgsnap.persistence.fetch_backend
-    (bench-only variant ``cgsnap-leanpersist``)."""
-    from cgsnap import api
-    from cgsnap import persistence as lean
-    orig = api._persistence
-    api._persistence = _lean_cached(lean.fetch_backend)
-    try:
-        yield
-    finally:
-        api._persistence = orig
-
-
-_LEAN = {}
-
-
-def _lean_cached(fetch):
-    def get(url):
-        if url not in _LEAN:
-            _LEAN[url] = fetch(url)
-        return _LEAN[url]
-    return get
 
 
 class PersistenceTimer:

@@ -7,12 +7,17 @@ hits all of them alike; rows report medians.  The window is always measured
 the same way: from the start of hypervisor.freeze() to the return of
 hypervisor.thaw(), on libvirt's test driver (real libvirt API).
 
+Every instance's volumes form one group of a consistent group type (the dev
+cloud's ``fake-consistent``, listed in ``[snapshot] consistent_group_types``
+as its operator would), so the product takes its group-snapshot path.
+
 Strategies
-  cgsnap               cgsnap.api.create_snapshot_set: the real create flow with its
-                       real persistence (SQLite in a temporary state_dir)
-  cgsnap-leanpersist   the same with cgsnap.persistence.fetch_backend (bench-only swap)
-  cgsnap-lean-pool64   cgsnap-leanpersist with a 64-thread fan-out pool (product: 16)
-  cgsnap-lean-poll0.1  cgsnap-leanpersist with the poll interval capped at 0.1 s (product: 1 s)
+  cgsnap               cgsnap.api.create_snapshot_set with the product's defaults: the
+                       real create flow and persistence (SQLite in a temporary
+                       state_dir); the volumes form a consistent group, so one group
+                       snapshot cuts them
+  cgsnap-per-volume    the same with [snapshot] group_snapshots = never: parallel
+                       per-volume creates, one list call per poll
   nova-sequential      creates one by one, then polls each snapshot with its own GET
                        every 0.5 s until it leaves 'creating' (Nova's
                        _wait_for_snapshots_completion, FixedIntervalLoopingCall(0.5))
@@ -48,7 +53,7 @@ from cgsnap.tasks import volume as volume_tasks  # noqa: E402
 FAST_POLL = 0.05
 NOVA_POLL = 0.5
 RAW = ("nova-sequential", "sequential-fastpoll", "raw-parallel", "group")
-CGSNAP = ("cgsnap", "cgsnap-leanpersist", "cgsnap-lean-pool64", "cgsnap-lean-poll0.1")
+CGSNAP = ("cgsnap", "cgsnap-per-volume")
 ALL = CGSNAP + RAW
 
 
@@ -130,10 +135,12 @@ def run_raw_parallel(ctx, set_id):
 def run_group(ctx, set_id):
     ctx.hyp.freeze(ctx.instance_id)
     try:
-        gs = ctx.vols.create_group_snapshot(ctx.group_id, f"bench-{set_id[:8]}", set_id)
+        gs = ctx.vols.create_group_snapshot(
+            ctx.group_id, f"bench-{set_id[:8]}",
+            naming.group_snapshot_description(set_id, ctx.instance_id))
         while True:
             t0 = time.monotonic()
-            status = ctx.vols.get_group_snapshot_status(gs)
+            status = ctx.vols.get_group_snapshot(gs["id"])["status"]
             if status != "creating":
                 break
             time.sleep(max(0.0, FAST_POLL - (time.monotonic() - t0)))
@@ -141,66 +148,44 @@ def run_group(ctx, set_id):
         ctx.hyp.thaw(ctx.instance_id)
     if status != "available":
         raise RuntimeError(f"group snapshot went to {status}")
-    return {"set_id": set_id, "group_snapshot": gs}
+    return {"set_id": set_id}
 
 
 def run_cgsnap(ctx, set_id):
     drivers.override(drivers.DriverSet(ctx.hyp, ctx.vols))
     doc = api.create_snapshot_set(ctx.instance_id, all_volumes=True)
-    return {"set_id": doc["id"], "manifest_window_s": doc["freeze"]["window_s"]}
+    return {"set_id": doc["id"], "manifest_window_s": doc["freeze"]["window_s"],
+            "backend_consistency": doc["backend_consistency"]}
 
 
-def run_cgsnap_lean(ctx, set_id):
-    with common.lean_persistence():
-        return run_cgsnap(ctx, set_id)
-
-
-_WIDE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="wide")
-
-
-def run_cgsnap_lean_pool64(ctx, set_id):
-    """Lean persistence and a 64-thread fan-out pool (threads start lazily, so an idle
-    wide pool costs nothing); swaps cgsnap.tasks.volume._pool for the run."""
-    saved = volume_tasks._pool
-    volume_tasks._pool = _WIDE_POOL
-    try:
-        return run_cgsnap_lean(ctx, set_id)
-    finally:
-        volume_tasks._pool = saved
-
-
-def run_cgsnap_lean_poll(ctx, set_id):
-    """Lean persistence and the set's poll interval capped at 0.1 s (product: doubling
-    from 0.05 s up to [snapshot]poll_max_interval = 1 s)."""
+def run_cgsnap_per_volume(ctx, set_id):
     from cgsnap.conf import CONF
-    CONF.set_override("poll_max_interval", 0.1, group="snapshot")
+    CONF.set_override("group_snapshots", "never", group="snapshot")
     try:
-        return run_cgsnap_lean(ctx, set_id)
+        return run_cgsnap(ctx, set_id)
     finally:
-        CONF.clear_override("poll_max_interval", group="snapshot")
+        CONF.clear_override("group_snapshots", group="snapshot")
 
 
-RUNNERS = {"cgsnap": run_cgsnap, "cgsnap-leanpersist": run_cgsnap_lean,
-           "cgsnap-lean-pool64": run_cgsnap_lean_pool64,
-           "cgsnap-lean-poll0.1": run_cgsnap_lean_poll,
+RUNNERS = {"cgsnap": run_cgsnap, "cgsnap-per-volume": run_cgsnap_per_volume,
            "nova-sequential": run_nova_sequential,
            "sequential-fastpoll": run_sequential_fastpoll, "raw-parallel": run_raw_parallel,
            "group": run_group}
 
 
 def cleanup(ctx, out):
-    if "group_snapshot" in out:
-        ctx.raw.delete_group_snapshot(out["group_snapshot"], out["set_id"])
-    else:
-        volume_tasks.delete_set_snapshots(ctx.raw, out["set_id"], 180)
+    """Every strategy tags its snapshots (or its group snapshot's description)
+    with the set id, so the product's own set cleanup removes them."""
+    volume_tasks.delete_set_snapshots(ctx.raw, out["set_id"], 180)
 
 
 def breakdown(events, t_f0, t_t1):
     """Where a cgsnap window went (seconds), from the call log."""
     fr = [e for e in events if e[0] == "freeze"][0]
     th = [e for e in events if e[0] == "thaw"][-1]
-    creates = [e for e in events if e[0] == "create_snapshot"]
-    lists = [e for e in events if e[0] == "list_snapshots" and fr[1] <= e[1] <= th[2]]
+    creates = [e for e in events if e[0] in ("create_snapshot", "create_group_snapshot")]
+    lists = [e for e in events if e[0] in ("list_snapshots", "get_group_snapshot")
+             and fr[1] <= e[1] <= th[2]]
     db = [e for e in events if e[0].startswith("db.") and t_f0 <= e[1] <= t_t1]
     if not creates or not lists:
         return {}
@@ -228,6 +213,7 @@ def run_one(ctx, strategy):
            "create_calls": [e[2] - e[1] for e in calls if e[0] == "create_snapshot"]}
     if strategy.startswith("cgsnap"):
         rec["manifest_window_s"] = out.get("manifest_window_s")
+        rec["backend_consistency"] = out.get("backend_consistency")
         rec["breakdown"] = breakdown(events, t_f0, t_t1)
     try:
         cleanup(ctx, out)
@@ -246,6 +232,7 @@ def summarize(strategy, backend, n, latency, recs):
            "window_max_s": max(r["window"] for r in recs)}
     if strategy.startswith("cgsnap"):
         row["manifest_window_s"] = common.median([r["manifest_window_s"] for r in recs])
+        row["backend_consistency"] = sorted({str(r["backend_consistency"]) for r in recs})
         keys = recs[0]["breakdown"].keys()
         row["breakdown"] = {k: common.median([r["breakdown"].get(k) for r in recs])
                             for k in keys}
@@ -259,7 +246,7 @@ def setup_model(args, sizes, tmp):
         iid = testing.new_instance_id()
         vids = [backend.add_volume(attached_to=[iid]) for _ in range(n)]
         domains.append(testing.domain_xml(f"bench-{n}", iid, vids[0], vids[1:]))
-        insts[n] = {"instance_id": iid, "volume_ids": vids, "group_id": backend.make_group(vids)}
+        insts[n] = {"instance_id": iid, "volume_ids": vids, "group_id": backend.add_group(vids)}
     uri = testing.write_node(os.path.join(tmp, "node.xml"), domains)
     return backend, libvirt_driver.LibvirtHypervisor(uri), insts
 

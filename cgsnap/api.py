@@ -226,6 +226,9 @@ def _check_members_gone(drv, doc):
     if manifest.KIND_GLANCE_IMAGE in kinds:
         _none_left(set_id, "Glance image(s)", lambda: drv.images.list_images(set_id))
     if manifest.KIND_CINDER_SNAPSHOT in kinds:
+        if drv.volumes.supports_groups():  # its members carry no metadata until tagged
+            _none_left(set_id, "Cinder group snapshot(s)",
+                       lambda: drv.volumes.list_group_snapshots(set_id))
         _none_left(set_id, "Cinder snapshot(s)", lambda: drv.volumes.list_snapshots(set_id))
 
 

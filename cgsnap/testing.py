@@ -114,7 +114,7 @@ class CinderLab:
         return gid
 
     def create_attached_volumes(self, instance_id, count, size_gb=1, prefix="cgsnap-test",
-                                group_id=None):
+                                group_id=None, deadline=60.0):
         """Create ``count`` volumes (in ``group_id`` if given) and attach them to
         ``instance_id`` (in-use)."""
         extra = {"volume_type": "fake", "group_id": group_id} if group_id else {}
@@ -122,7 +122,7 @@ class CinderLab:
                 for i in range(count)]
         ids = []
         for v in vols:
-            v = self._wait_volume(v.id, "available")
+            v = self._wait_volume(v.id, "available", deadline)
             if v.status != "available":
                 raise RuntimeError(f"volume {v.id} went to {v.status}")
             self.attach(v.id, instance_id)

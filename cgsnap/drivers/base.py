@@ -23,6 +23,8 @@ Group snapshot dict: {"id", "name", "status", "group_id", "created_at",
 
 import abc
 
+from cgsnap import exception
+
 
 class Hypervisor(abc.ABC):
     """The guest side: discovery and the guest agent (freeze/thaw)."""
@@ -52,6 +54,17 @@ class VolumeBackend(abc.ABC):
     @abc.abstractmethod
     def get_volume(self, volume_id):
         """Return the volume dict; raise NotFound."""
+
+    def get_volumes(self, volume_ids):
+        """``{id: volume dict}`` for the ids that exist (missing ids are left out).
+        Backends may fetch them in bulk."""
+        out = {}
+        for vid in volume_ids:
+            try:
+                out[vid] = self.get_volume(vid)
+            except exception.NotFound:
+                pass
+        return out
 
     @abc.abstractmethod
     def get_limits(self):

@@ -73,6 +73,14 @@ def _call(what, fn, *args, **kwargs):
         raise _translate(e, what) from None
 
 
+def _volume_dict(v):
+    return {
+        "id": v.id, "name": v.name, "status": v.status, "size_gb": v.size,
+        "attached_to": [a.get("server_id") for a in (v.attachments or [])],
+        "group_id": v._info.get("group_id"),
+    }
+
+
 def _delete(what, manager, resource_id):
     """Start a delete; a resource that is already gone is not an error."""
     try:
@@ -86,18 +94,21 @@ def _delete(what, manager, resource_id):
 def _snapshot_dict(s):
     return {
         "id": s.id, "name": s.name, "status": s.status, "volume_id": s.volume_id,
-        "size_gb": s.size, "metadata": dict(getattr(s, "metadata", None) or {}),
-        "created_at": getattr(s, "created_at", None),
-        "group_snapshot_id": getattr(s, "group_snapshot_id", None),
+        "size_gb": s.size, "metadata": dict(s._info.get("metadata") or {}),
+        "created_at": s._info.get("created_at"),
+        "group_snapshot_id": s._info.get("group_snapshot_id"),
     }
 
 
-def _group_snapshot_dict(gs):
+def _group_snapshot_dict(gs, **defaults):
+    # Optional fields are read from the response body (``_info``) throughout
+    # this module: a missing attribute on a cinderclient resource that is not
+    # "loaded" triggers a lazy GET (the create response has only id and name).
+    info = dict(defaults, **{k: v for k, v in gs._info.items() if v is not None})
     return {
-        "id": gs.id, "name": gs.name, "status": gs.status, "group_id": gs.group_id,
-        "created_at": getattr(gs, "created_at", None),
-        "metadata": naming.parse_group_snapshot_description(
-            getattr(gs, "description", None)) or {},
+        "id": info["id"], "name": info.get("name"), "status": info.get("status"),
+        "group_id": info.get("group_id"), "created_at": info.get("created_at"),
+        "metadata": naming.parse_group_snapshot_description(info.get("description")) or {},
     }
 
 
@@ -129,12 +140,28 @@ class CinderBackend(base.VolumeBackend):
 
     def get_volume(self, volume_id):
         faults.point("volume.get_volume")
-        v = _call(f"volume {volume_id}", self.client.volumes.get, volume_id)
-        return {
-            "id": v.id, "name": v.name, "status": v.status, "size_gb": v.size,
-            "attached_to": [a.get("server_id") for a in (v.attachments or [])],
-            "group_id": getattr(v, "group_id", None),
-        }
+        return _volume_dict(_call(f"volume {volume_id}", self.client.volumes.get, volume_id))
+
+    def get_volumes(self, volume_ids):
+        """One GET for the first volume; if it is in a group, one list call
+        (``group_id`` is a default Cinder resource filter) for the rest of the
+        group; GETs for whatever that did not return."""
+        out = {}
+        for vid in volume_ids:
+            if vid in out:
+                continue
+            try:
+                out[vid] = self.get_volume(vid)
+            except exception.NotFound:
+                continue
+            gid = out[vid]["group_id"]
+            if gid and len(volume_ids) > 2:
+                faults.point("volume.get_volume")
+                found = _call(f"volumes of group {gid}", self.client.volumes.list,
+                              search_opts={"group_id": gid})
+                out.update((v.id, _volume_dict(v)) for v in found
+                           if v.id in volume_ids and v._info.get("group_id") == gid)
+        return out
 
     def get_limits(self):
         faults.point("volume.get_limits")
@@ -187,13 +214,13 @@ class CinderBackend(base.VolumeBackend):
         g = _call(f"group {group_id}", self.client.groups.get, group_id, list_volume=True)
         gtype = _call(f"group type {g.group_type}", self.client.group_types.get, g.group_type)
         # Cinder shows group specs to admins only (policy group:access_group_types_specs).
-        specs = getattr(gtype, "group_specs", None)
+        specs = gtype._info.get("group_specs")
         consistent = None if specs is None else specs.get(CONSISTENT_SPEC) == "<is> True"
         return {
             "id": g.id, "status": g.status, "group_type_id": gtype.id,
             "group_type_name": gtype.name, "consistent": consistent,
             "volume_ids": [v if isinstance(v, str) else v["id"]
-                           for v in (getattr(g, "volumes", None) or [])],
+                           for v in (g._info.get("volumes") or [])],
         }
 
     def create_group_snapshot(self, group_id, name, description):
@@ -201,7 +228,8 @@ class CinderBackend(base.VolumeBackend):
         gs = _call(f"group snapshot of group {group_id}", self.client.group_snapshots.create,
                    group_id, name=name, description=description)
         faults.point("volume.create_group_snapshot.after")
-        return _group_snapshot_dict(gs)
+        return _group_snapshot_dict(gs, status="creating", group_id=group_id, name=name,
+                                    description=description)
 
     def get_group_snapshot(self, group_snapshot_id):
         faults.point("volume.get_group_snapshot")
@@ -221,7 +249,7 @@ class CinderBackend(base.VolumeBackend):
         found = _call("list snapshots", self.client.volume_snapshots.list,
                       search_opts={"name": group_snapshot["name"]})
         return [_snapshot_dict(s) for s in found
-                if getattr(s, "group_snapshot_id", None) == group_snapshot["id"]]
+                if s._info.get("group_snapshot_id") == group_snapshot["id"]]
 
     def tag_snapshot(self, snapshot_id, name, metadata):
         faults.point("volume.tag_snapshot")

@@ -51,13 +51,14 @@ class CheckVolumes(CgsnapTask):
                     f"--exclude-volume {vid}: no such volume is attached to instance "
                     f"{instance['name']}")
         sizes, groups = {}, {}
-        for member in volume_members(manifest):
+        members = volume_members(manifest)
+        found = self.drivers.volumes.get_volumes([m["volume_id"] for m in members])
+        for member in members:
             vid = member["volume_id"]
-            try:
-                vol = self.drivers.volumes.get_volume(vid)
-            except exception.NotFound:
+            vol = found.get(vid)
+            if vol is None:
                 raise exception.Refused(
-                    f"volume {vid} (disk {member['device']}) does not exist in Cinder") from None
+                    f"volume {vid} (disk {member['device']}) does not exist in Cinder")
             if vol["status"] != "in-use":
                 raise exception.Refused(
                     f"volume {vid} (disk {member['device']}) is '{vol['status']}', not 'in-use'")
@@ -317,14 +318,12 @@ class TagGroupSnapshotMembers(CgsnapTask):
             raise exception.SnapshotFailed(
                 f"group snapshot {gs['id']} has {len(snaps)} member snapshots, "
                 f"expected one for each of the {len(by_volume)} volumes")
-        out = []
-        for snap in snaps:
-            member = by_volume[snap["volume_id"]]
-            if snap["name"] != member["name"]:
-                vols.tag_snapshot(snap["id"], member["name"],
-                                  member_metadata(set_id, manifest, member))
-            out.append(dict(_member_view(snap), name=member["name"]))
-        return out
+        untagged = [(s["id"], by_volume[s["volume_id"]]) for s in snaps
+                    if s["name"] != by_volume[s["volume_id"]]["name"]]
+        # Concurrently: the guest is thawed, but the set is not done yet.
+        list(executor().map(lambda sm: vols.tag_snapshot(
+            sm[0], sm[1]["name"], member_metadata(set_id, manifest, sm[1])), untagged))
+        return [dict(_member_view(s), name=by_volume[s["volume_id"]]["name"]) for s in snaps]
 
 
 def member_metadata(set_id, manifest, member):

@@ -17,6 +17,12 @@ cases), no Cinder snapshot of a non-available set exists, no manifest is left
 consistent, and a failure exits with a documented code and one stderr line.
 The real-guest subset (SIGKILL in freeze, snapshot wait and thaw, measured by
 qemu-ga) is tests/e2e/test_guard.py.
+
+The matrix runs twice over the points of the volume cut: once on an instance
+whose volumes are cut one by one (``per-volume``), once on an instance whose
+volumes form one group of the consistent type ``fake-consistent`` (``group``:
+one group snapshot, members renamed after the thaw).  Orphans are counted by
+volume, not by metadata, so an untagged group-snapshot member counts too.
 """
 
 import json
@@ -36,9 +42,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
 
 TASKS = ["DiscoverInstance", "RecordSet", "CheckRootDisk", "CheckVolumes", "CheckQuota",
-         "CheckLocalDisks", "CheckMemory", "CheckImageStore", "CheckAgent", "StartThawGuard",
+         "ChooseVolumeCut", "CheckLocalDisks", "CheckMemory", "CheckImageStore", "CheckAgent",
+         "StartThawGuard",
          "CleanupVolumeSnapshots", "CleanupImages", "CleanupLocalDisks", "FreezeGuest",
-         "SnapshotLocalDisks", "SnapshotVolumes", "ThawGuest", "ExportLocalDisks",
+         "SnapshotLocalDisks", "SnapshotVolumes", "ThawGuest", "TagGroupSnapshotMembers",
+         "ExportLocalDisks",
          "RecordMemoryImage", "UploadRootImage", "FinalizeSet"]
 BOUNDARIES = ["hypervisor.get_instance", "hypervisor.ping_agent", "hypervisor.freeze",
               "hypervisor.freeze.after", "volume.get_volume", "volume.get_limits",
@@ -48,43 +56,73 @@ BOUNDARIES = ["hypervisor.get_instance", "hypervisor.ping_agent", "hypervisor.fr
 STORAGE = ["volume.get_volume", "volume.get_limits", "volume.create_snapshot",
            "volume.create_snapshot.after", "task.SnapshotVolumes.created",
            "volume.list_snapshots"]
-# Points inside the freeze window: a SIGKILL there is the guard's job.
-CASES = ([(f"task.{t}", a) for t in TASKS for a in ("raise", "hang", "kill")]
-         + [(p, a) for p in BOUNDARIES for a in ("raise", "hang", "kill")]
-         + [(p, "unreachable") for p in STORAGE])
+# The group cut's own points (the tasks around it are in TASKS already).
+GROUP_TASKS = ["ChooseVolumeCut", "SnapshotVolumes", "ThawGuest", "TagGroupSnapshotMembers",
+               "FinalizeSet"]
+GROUP_STORAGE = ["volume.get_group", "volume.create_group_snapshot",
+                 "volume.create_group_snapshot.after", "task.SnapshotVolumes.created",
+                 "volume.get_group_snapshot", "volume.tag_snapshot"]
+ALL = ("raise", "hang", "kill")
+CASES = ([("per-volume", f"task.{t}", a) for t in TASKS for a in ALL]
+         + [("per-volume", p, a) for p in BOUNDARIES for a in ALL]
+         + [("per-volume", p, "unreachable") for p in STORAGE]
+         + [("group", f"task.{t}", a) for t in GROUP_TASKS for a in ALL]
+         + [("group", p, a) for p in GROUP_STORAGE for a in ALL]
+         + [("group", p, "unreachable") for p in GROUP_STORAGE])
 DOCUMENTED = {0, 3, 4, 5, 6, 7, 8, 9, 10}
 # Killed after a successful thaw: recover completes the set from its logbook.
-AFTER_THAW = {"task.ExportLocalDisks", "task.RecordMemoryImage", "task.UploadRootImage",
+AFTER_THAW = {"task.TagGroupSnapshotMembers", "volume.tag_snapshot",
+              "task.ExportLocalDisks", "task.RecordMemoryImage", "task.UploadRootImage",
               "task.FinalizeSet"}
 # Killed before the manifest is written: nothing was created, nothing to recover.
 BEFORE_RECORD = {"hypervisor.get_instance", "task.DiscoverInstance", "task.RecordSet"}
 
 
-@pytest.fixture(scope="module")
-def inst(tmp_path_factory):
+def _matrix_instance(tmp_path_factory, name, group_type=None):
     from cgsnap import testing
     if not os.path.exists(CLOUDS):
         pytest.fail("dev cloud not set up: run `make fault-matrix`", pytrace=False)
     lab = testing.CinderLab(CLOUDS)
-    tmp = tmp_path_factory.mktemp("matrix")
-    inst = Instance(lab, tmp, 3, "matrix")
+    tmp = tmp_path_factory.mktemp(name)
+    inst = Instance(lab, tmp, 3, name, group_type)
     inst.conf.write_text(inst.conf.read_text().replace(
         "freeze_timeout = 30", "freeze_timeout = 1.0\nthaw_guard_margin = 0.5"))
-    yield inst
-    lab.delete_volumes(inst.all_volume_ids())
+    if group_type:
+        inst.add_config(f"[snapshot]\nconsistent_group_types = {group_type}\n")
+    return inst
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory):
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            made[kind] = _matrix_instance(tmp_path_factory, f"matrix-{kind}",
+                                          "fake-consistent" if kind == "group" else None)
+        return made[kind]
+
+    yield get
+    for inst in made.values():
+        inst.lab.delete_volumes(inst.all_volume_ids())
 
 
 def _instance_snapshots(inst):
+    """Every snapshot of the instance's volumes, tagged or not."""
+    vols = set(inst.all_volume_ids())
     snaps = inst.lab.admin.volume_snapshots.list(search_opts={"all_tenants": 1})
-    return [s for s in snaps if (s.metadata or {}).get("cgsnap_instance_id") == inst.id]
+    return [s for s in snaps if s.volume_id in vols]
 
 
 def _orphans(inst, existed):
     """Snapshots made during this case whose set is not available."""
     rc, out, _ = inst.cgsnap("list", "-f", "json")
     live = {r["id"] for r in json.loads(out) if r["status"] == "available"}
-    return [s.id for s in _instance_snapshots(inst)
-            if s.id not in existed and s.metadata.get("cgsnap_set_id") not in live]
+    live_groups = {json.loads(inst.cgsnap("show", sid, "-f", "json")[1])["group_snapshot"]["id"]
+                   for sid in live} if inst.group_id else set()
+    return ([s.id for s in _instance_snapshots(inst)
+             if s.id not in existed and (s.metadata or {}).get("cgsnap_set_id") not in live]
+            + [g.id for g in inst.cinder_group_snapshots() if g.id not in live_groups])
 
 
 def _sweep(inst):
@@ -92,6 +130,8 @@ def _sweep(inst):
     _, out, _ = inst.cgsnap("list", "-f", "json")
     for s in json.loads(out):
         inst.cgsnap("delete", s["id"])
+    if inst.group_id:
+        inst.lab.delete_group_snapshots(inst.group_id)
     for s in _instance_snapshots(inst):
         try:
             inst.lab.admin.volume_snapshots.delete(s.id, force=True)
@@ -117,8 +157,10 @@ def _run_killed(inst, point):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("point,action", CASES, ids=[f"{p}:{a}" for p, a in CASES])
-def test_fault(inst, point, action):
+@pytest.mark.parametrize("kind,point,action", CASES,
+                         ids=[f"{k}:{p}:{a}" for k, p, a in CASES])
+def test_fault(instances, kind, point, action):
+    inst = instances(kind)
     existed = {s.id for s in _instance_snapshots(inst)}
     t0 = time.monotonic()
     if action == "kill":
@@ -152,6 +194,10 @@ def test_fault(inst, point, action):
                 and doc["freeze"]["guard"] == "disarmed"
                 and all(m["status"] == "available" for m in doc["members"])):
             problems.append("rc 0 but the set is not complete and consistent")
+        expected_cut = "group" if kind == "group" else "none"
+        if doc["backend_consistency"] != expected_cut:
+            problems.append(f"backend_consistency {doc['backend_consistency']}, "
+                            f"expected {expected_cut}")
     else:
         if rc not in DOCUMENTED:
             problems.append(f"undocumented exit code {rc}")
@@ -165,16 +211,17 @@ def test_fault(inst, point, action):
     if orphans:
         problems.append(f"orphans: {orphans}")
     outcome = "available" if rc == 0 else ("killed" if rc < 0 else f"failed:{rc}")
-    RESULTS.append({"case": f"{point}:{action}", "rc": rc, "outcome": outcome,
+    RESULTS.append({"case": f"{kind}:{point}:{action}", "rc": rc, "outcome": outcome,
                     "seconds": time.monotonic() - t0, "frozen_left": frozen_left,
                     "orphans": len(orphans), "ok": not problems})
     _sweep(inst)
     assert not problems, problems
 
 
-def test_gc_finds_nothing_after_the_matrix(inst):
+@pytest.mark.parametrize("kind", ["per-volume", "group"])
+def test_gc_finds_nothing_after_the_matrix(instances, kind):
     """Runs after every case (definition order): each cleaned up after itself."""
-    rc, out, err = inst.cgsnap("gc", "--dry-run", "--grace-period", "0", "--no-images",
+    rc, out, err = instances(kind).cgsnap("gc", "--dry-run", "--grace-period", "0", "--no-images",
                                "-f", "json")
     assert rc == 0, err
     assert [r for r in json.loads(out) if r["action"] != "kept"] == []
