@@ -10,8 +10,8 @@ in this process, then deletes what it made (outside the timing):
                       to 1 s, like cgsnap) until all are available
   cgsnap              cgsnap.api.create_snapshot_set per instance (real flow,
                       real persistence, instance lock, pre-checks, freeze/thaw on
-                      libvirt's test driver)
-  cgsnap-leanpersist  the same with cgsnap.persistence.fetch_backend
+                      libvirt's test driver); the volumes are in no group, so
+                      cgsnap cuts them one by one, like raw
 
 Phases alternate over ``--reps`` (order rotated) so drift hits each alike.
 Throughput = member snapshots available / phase wall time; the result is
@@ -83,7 +83,7 @@ def main(argv=None):
     p.add_argument("--volumes-per", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--phases", default="raw,cgsnap,cgsnap-leanpersist")
+    p.add_argument("--phases", default="raw,cgsnap")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out")
     args = p.parse_args(argv)
@@ -107,16 +107,12 @@ def main(argv=None):
 
     # warm-up outside the measurement: one instance through each phase
     for ph in phases:
-        with _persist(ph):
-            run_phase("raw" if ph == "raw" else "cgsnap", backend, insts[:1], 1)
+        run_phase(ph, backend, insts[:1], 1)
     runs = {ph: [] for ph in phases}
     for rep in range(args.reps):
         k = rep % len(phases)
         for ph in phases[k:] + phases[:k]:
-            with _persist(ph):
-                r = run_phase("raw" if ph == "raw" else "cgsnap", backend, insts,
-                              args.concurrency)
-            r["phase"] = ph
+            r = run_phase(ph, backend, insts, args.concurrency)
             runs[ph].append(r)
             print(f"fleet: rep {rep + 1} {ph}: {r['members']} members in "
                   f"{r['elapsed_s']:.1f}s = {r['snapshots_per_s']:.2f}/s, "
@@ -140,13 +136,6 @@ def main(argv=None):
         for r in rows:
             print(f"{r['strategy']:20} {r['snapshots_per_s']:>8.2f} "
                   f"{r['fraction_of_raw'] or 0:>6.3f} {r['elapsed_s']:>9.1f} {r['errors']:>6}")
-
-
-def _persist(phase):
-    import contextlib
-    return common.lean_persistence() if phase == "cgsnap-leanpersist" else \
-        contextlib.nullcontext()
-
 
 
 def _command():

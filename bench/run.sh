@@ -12,20 +12,19 @@ $PY -c 'import matplotlib' 2>/dev/null || $PY -m pip install -q -r bench/require
 tools/devcloud/devcloud.sh status >/dev/null 2>&1 || tools/devcloud/devcloud.sh start
 
 step() { echo "bench: $*" >&2; }
-MODEL=cgsnap,cgsnap-leanpersist,cgsnap-lean-pool64,nova-sequential,sequential-fastpoll,raw-parallel,group
-CINDER=cgsnap,cgsnap-leanpersist,cgsnap-lean-poll0.1,nova-sequential,sequential-fastpoll,raw-parallel,group
+STRATEGIES=cgsnap,cgsnap-per-volume,nova-sequential,sequential-fastpoll,raw-parallel,group
 step "one logbook write: stock vs lean persistence"
 $PY bench/persist_write.py --writes 200 --reps 4 --out "$OUT/persist_write.json" >/dev/null
 step "model backend, N=1,4,16 (5 reps)"
 $PY bench/freeze_window.py --backend model --latency 0.2 --volumes 1,4,16 --reps 5 \
-    --strategies $MODEL --out "$OUT/model.json" >/dev/null
+    --strategies $STRATEGIES --out "$OUT/model.json" >/dev/null
 step "model backend, N=64 (3 reps)"
 $PY bench/freeze_window.py --backend model --latency 0.2 --volumes 64 --reps 3 \
-    --strategies $MODEL --out "$OUT/model64.json" >/dev/null
+    --strategies $STRATEGIES --out "$OUT/model64.json" >/dev/null
 step "dev Cinder, N=1,4,16 (3 reps)"
 $PY bench/freeze_window.py --backend cinder --volumes 1,4,16 --reps 3 \
-    --strategies $CINDER --out "$OUT/cinder.json" >/dev/null
-step "fleet, 24 x 4 volumes, 8 workers"
-$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 1 \
+    --strategies $STRATEGIES --out "$OUT/cinder.json" >/dev/null
+step "fleet, 24 x 4 volumes, 8 workers (3 reps)"
+$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 3 \
     --out "$OUT/fleet.json" >/dev/null
 $PY bench/report.py "$OUT"

@@ -103,9 +103,22 @@ def seal(doc):
     return out
 
 
+@functools.cache
+def _validator(version):
+    """One validator per schema version; the schema itself is checked once
+    (``jsonschema.validate`` re-checks it on every call: 60 ms a manifest)."""
+    sch = schema(version)
+    cls = jsonschema.validators.validator_for(sch)
+    cls.check_schema(sch)
+    return cls(sch)
+
+
 def validate(doc):
     try:
-        jsonschema.validate(doc, schema(doc.get("schema_version", SCHEMA_VERSION)))
+        error = jsonschema.exceptions.best_match(
+            _validator(doc.get("schema_version", SCHEMA_VERSION)).iter_errors(doc))
+        if error is not None:
+            raise error
     except (jsonschema.ValidationError, FileNotFoundError) as e:
         where = "/".join(str(p) for p in getattr(e, "absolute_path", ())) or "(root)"
         msg = getattr(e, "message", str(e))
