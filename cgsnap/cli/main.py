@@ -119,6 +119,8 @@ def _summary(doc):
         ("id", doc["id"]), ("name", doc["name"]), ("instance", doc.get("instance_name")),
         ("instance_id", doc["instance_id"]), ("status", doc["status"]),
         ("status_reason", doc.get("status_reason")), ("consistency", doc.get("consistency")),
+        ("backend_consistency", doc.get("backend_consistency")),
+        ("group_snapshot", (doc.get("group_snapshot") or {}).get("id")),
         ("freeze_window_s", fr.get("window_s")),
         ("filesystems_frozen", fr.get("filesystems_frozen")),
         ("created_at", doc["created_at"]), ("root_excluded", doc.get("root_excluded")),

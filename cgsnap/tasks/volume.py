@@ -52,6 +52,8 @@ class CheckVolumes(CgsnapTask):
                     f"{instance['name']}")
         sizes, groups = {}, {}
         members = volume_members(manifest)
+        if not members:  # a plain libvirt host may have no volume service at all
+            return sizes, groups
         found = self.drivers.volumes.get_volumes([m["volume_id"] for m in members])
         for member in members:
             vid = member["volume_id"]

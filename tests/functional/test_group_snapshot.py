@@ -49,6 +49,13 @@ def test_tenant_set_on_a_trusted_consistent_group_uses_one_group_snapshot(make_i
     inst.add_config(TRUST)
     doc = _create(inst)
     _assert_group_set(inst, doc, 6)
+    rc, out, _ = inst.cgsnap("show", doc["id"])
+    assert rc == 0
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+             if line.startswith("|")]
+    shown = {c[0]: c[1] for c in cells if len(c) == 2}
+    assert shown["backend_consistency"] == "group"
+    assert shown["group_snapshot"] == doc["group_snapshot"]["id"]
     rc, _, err = inst.cgsnap("delete", doc["id"])
     assert rc == 0, err
     assert inst.cinder_group_snapshots() == []

@@ -121,3 +121,20 @@ def test_gc_collects_an_orphan_group_snapshot_with_its_members(grouped):
         ("cinder-group-snapshot", doc["id"], "deleted")]
     assert g.backend.list_group_snapshots(doc["id"]) == []
     assert len(g.backend.group_snapshots) == 1
+
+
+def test_a_set_without_volume_members_never_touches_the_volume_service(guest):
+    """Plain libvirt hosts have no Cinder: building its client would fail."""
+    from cgsnap import drivers
+
+    class NoVolumeService:
+        def close(self):
+            pass
+
+        def __getattr__(self, name):
+            raise AssertionError(f"volume service used: {name}")
+
+    drivers.override(drivers.DriverSet(guest.hypervisor, NoVolumeService(), guest.images))
+    doc = api.create_snapshot_set(guest.name, all_volumes=False, exclude_root=True)
+    assert doc["status"] == "available" and doc["members"] == []
+    assert doc["backend_consistency"] is None
