@@ -189,6 +189,7 @@ def main():
     cinder = cinder_doc["results"] if cinder_doc else None
     fleet = load(os.path.join(res, "fleet.json"))
     pw = load(os.path.join(res, "persist_write.json"))
+    fb = load(os.path.join(res, "fleet_breakdown.json"))
     plot(model, cinder, os.path.join(HERE, "freeze_window.png"))
 
     md = ["# cgsnap freeze-window benchmarks (issue 5)", "",
@@ -201,7 +202,7 @@ def main():
           "## Machine", "", "| | |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in machine()]
     md += ["", "## Commands", "", "```"]
-    for d in model_docs + [cinder_doc, fleet, pw]:
+    for d in model_docs + [cinder_doc, fleet, fb, pw]:
         if d and d.get("command"):
             md.append(d["command"])
     md += ["```", "", "## Acceptance (issue 5)", "", acceptance(model, cinder, fleet), "",
@@ -254,6 +255,17 @@ def main():
         for r in fleet["results"]:
             md.append(f"| {r['strategy']} | {r['snapshots_per_s']:.2f} | "
                       f"{r['fraction_of_raw']:.2f} | {r['elapsed_s']:.1f} | {r['errors']} |")
+        md.append("")
+    if fb:
+        md += ["### Fleet: where Cinder's CPU goes", "",
+               "`bench/fleet_breakdown.py`: the same fleet, Cinder process CPU per set "
+               "(from /proc) with one of cgsnap's pre-check calls answered from an earlier "
+               "result (diagnostic phases, not product modes); medians of "
+               f"{fb['results'][0]['reps']} reps.", "",
+               "| phase | member snapshots/s | x raw | Cinder CPU ms per set |",
+               "|---|---:|---:|---:|"]
+        md += [f"| {r['phase']} | {r['snapshots_per_s']:.2f} | {r['fraction_of_raw']:.2f} | "
+               f"{r['cinder_cpu_ms_per_set']:.0f} |" for r in fb["results"]]
         md.append("")
     notes = os.path.join(HERE, "NOTES.md")
     if os.path.exists(notes):

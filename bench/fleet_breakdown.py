@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Where cgsnap's fleet throughput goes on the dev Cinder: the Cinder process's
+CPU seconds per phase, with one pre-check call at a time taken out.
+
+The dev Cinder (api, scheduler and volume service in one eventlet process) is
+CPU-bound, so fleet throughput is set by Cinder CPU per set.  Phases (each
+snapshots every instance once with ``--concurrency`` workers; cleanup is not
+timed):
+
+  raw             bench/fleet.py's bare client loop
+  cgsnap          cgsnap.api.create_snapshot_set, as in bench/fleet.py
+  no-limits       cgsnap with the quota pre-check's ``limits`` call answered
+                  from one earlier call (diagnostic only, not a product mode)
+  no-volume-gets  cgsnap with CheckVolumes' volume GETs answered from one
+                  earlier fetch (diagnostic only)
+  serial-creates  cgsnap with [snapshot] max_parallel_creates = 1 (a set's
+                  creates one after another, as raw issues them)
+
+  python bench/fleet_breakdown.py --instances 24 --reps 2 --json
+"""
+
+import argparse
+import concurrent.futures
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import fleet  # noqa: E402
+
+from cgsnap import drivers, testing  # noqa: E402
+from cgsnap.drivers import libvirt_driver  # noqa: E402
+from cgsnap.tasks import volume as volume_tasks  # noqa: E402
+
+PHASES = ("raw", "cgsnap", "no-limits", "no-volume-gets", "serial-creates")
+
+
+def cinder_cpu_s():
+    pid = subprocess.run(["pgrep", "-f", "cinder_allinone"], capture_output=True,
+                         text=True).stdout.split()
+    if not pid:
+        raise SystemExit("fleet_breakdown: the dev Cinder is not running")
+    with open(f"/proc/{pid[0]}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Diagnostic:
+    """Answers one pre-check call from an earlier result for one phase."""
+
+    def __init__(self, backend, insts):
+        self.backend = backend
+        self.limits = backend.get_limits()
+        self.volumes = {tuple(i["volume_ids"]): backend.get_volumes(i["volume_ids"])
+                        for i in insts}
+        self.real = (backend.get_limits, backend.get_volumes)
+
+    def set(self, phase):
+        from cgsnap.conf import CONF
+        self.backend.get_limits, self.backend.get_volumes = self.real
+        volume_tasks._pool = None  # the fan-out pool is sized from config on first use
+        CONF.clear_override("max_parallel_creates", group="snapshot")
+        if phase == "serial-creates":
+            CONF.set_override("max_parallel_creates", 1, group="snapshot")
+        if phase == "no-limits":
+            self.backend.get_limits = lambda: self.limits
+        elif phase == "no-volume-gets":
+            self.backend.get_volumes = lambda ids: self.volumes[tuple(ids)]
+
+
+def run(phase, backend, insts, concurrency):
+    fn = fleet.raw_one if phase == "raw" else fleet.cgsnap_one
+    c0, t0 = cinder_cpu_s(), time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        done = list(pool.map(lambda inst: fn(backend, inst), insts))
+    elapsed, cpu = time.monotonic() - t0, cinder_cpu_s() - c0
+    members = sum(n for _, n in done)
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda sn: volume_tasks.delete_set_snapshots(backend, sn[0], 300), done))
+    return {"snapshots_per_s": members / elapsed, "cinder_cpu_s": cpu,
+            "cinder_cpu_ms_per_set": 1000 * cpu / len(insts)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--instances", type=int, default=24)
+    p.add_argument("--volumes-per", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    tmp = tempfile.mkdtemp(prefix="cgsnap-fleet-breakdown-")
+    common.configure_cgsnap(os.path.join(tmp, "state"))
+    lab = testing.CinderLab(common.CLOUDS)
+    specs = {f"{args.volumes_per}x{i}": args.volumes_per for i in range(args.instances)}
+    by_key = common.cinder_instances(lab, specs, "fleet", in_group=False)
+    insts = [by_key[k] for k in specs]
+    uri = testing.write_node(os.path.join(tmp, "node.xml"), [
+        testing.domain_xml(f"fleet-{i}", e["instance_id"], e["volume_ids"][0],
+                           e["volume_ids"][1:]) for i, e in enumerate(insts)])
+    backend = common.make_cinder_backend()
+    drivers.override(drivers.DriverSet(libvirt_driver.LibvirtHypervisor(uri), backend))
+    diag = Diagnostic(backend, insts)
+    fleet.run_phase("cgsnap", backend, insts[:1], 1)  # warm-up
+    runs = {ph: [] for ph in PHASES}
+    for rep in range(args.reps):
+        k = rep % len(PHASES)
+        for ph in PHASES[k:] + PHASES[:k]:
+            diag.set(ph)
+            runs[ph].append(run(ph, backend, insts, args.concurrency))
+            print(f"fleet_breakdown: rep {rep + 1} {ph}: {runs[ph][-1]}", file=sys.stderr)
+    diag.set("cgsnap")
+    raw = common.median([r["snapshots_per_s"] for r in runs["raw"]])
+    rows = [{"phase": ph, "reps": args.reps,
+             "snapshots_per_s": common.median([r["snapshots_per_s"] for r in runs[ph]]),
+             "cinder_cpu_ms_per_set": common.median(
+                 [r["cinder_cpu_ms_per_set"] for r in runs[ph]])} for ph in PHASES]
+    for r in rows:
+        r["fraction_of_raw"] = r["snapshots_per_s"] / raw
+    doc = {"results": rows, "runs": runs,
+           "command": " ".join([".venv/bin/python", "bench/fleet_breakdown.py"] + sys.argv[1:])}
+    if common.emit(doc, args.out, args.json):
+        print(f"{'phase':16} {'snap/s':>7} {'x raw':>6} {'Cinder CPU ms/set':>18}")
+        for r in rows:
+            print(f"{r['phase']:16} {r['snapshots_per_s']:7.2f} {r['fraction_of_raw']:6.2f} "
+                  f"{r['cinder_cpu_ms_per_set']:18.0f}")
+
+
+if __name__ == "__main__":
+    main()
