@@ -40,7 +40,10 @@ def _engine(url):
                 directory = os.path.dirname(url[len("sqlite:///"):])
                 if directory:
                     os.makedirs(directory, exist_ok=True)
-            eng = sa.create_engine(url, future=True)
+            # pool_pre_ping: a database server that restarted (or dropped an
+            # idle connection) costs a reconnect, not a failed command.
+            eng = sa.create_engine(url, future=True,
+                                   pool_pre_ping=not url.startswith("sqlite"))
             if eng.dialect.name == "sqlite":
                 @sa.event.listens_for(eng, "connect")
                 def _sqlite_pragmas(dbapi_conn, _record):

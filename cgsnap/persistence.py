@@ -13,7 +13,8 @@ the same tables, the same SQL and the same resumability, but
   OS crash/power loss may lose the last transactions, which recovery handles
   like a crash just before them).
 
-Other databases get the connection reuse only.
+Other databases get the connection reuse, and ``pool_pre_ping`` so that a
+server restart costs a reconnect, not a failed write.
 """
 
 import threading
@@ -47,6 +48,13 @@ class LeanSQLAlchemyBackend(impl_sqlalchemy.SQLAlchemyBackend):
 
     def __init__(self, conf, engine=None):
         conf = dict(conf)
+        if engine is None and not sa.engine.url.make_url(conf["connection"]).drivername \
+                .startswith("sqlite"):
+            # A database server may restart or drop idle connections: test each
+            # pooled connection before use instead of failing the next write.
+            engine_args = dict(conf.get("engine_args") or {})
+            engine_args.setdefault("pool_pre_ping", True)
+            conf["engine_args"] = engine_args
         if engine is None and _is_sqlite_file(conf["connection"]):
             engine_args = dict(conf.get("engine_args") or {})
             engine_args.setdefault("poolclass", sa_pool.QueuePool)

@@ -25,7 +25,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv" >&2
     "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ] \
+        || [ test-requirements.txt -nt "$stamp" ]; then
     echo "bootstrap: installing python packages into .venv" >&2
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt
