@@ -8,6 +8,7 @@ database; if it cannot, this tier fails."""
 import json
 import os
 import subprocess
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -17,13 +18,20 @@ from .conftest import ROOT
 CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
 
 
+SQLDB = os.path.join(ROOT, "tools", "sqldb.sh")
+
+
 @pytest.fixture(params=["postgresql", "mariadb"])
 def sql_url(request):
-    proc = subprocess.run([os.path.join(ROOT, "tools", "sqldb.sh"), "url", request.param],
+    """A fresh database per test: cgsnap caches engines (and that it created
+    its tables) per URL for the life of the process."""
+    name = f"cgsnap_fn_{uuid.uuid4().hex[:12]}"
+    proc = subprocess.run([SQLDB, "url", request.param, name],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"no {request.param} server: {proc.stderr.strip()}", pytrace=False)
-    return proc.stdout.strip()
+    yield proc.stdout.strip()
+    subprocess.run([SQLDB, "drop", request.param, name], capture_output=True, timeout=120)
 
 
 @pytest.fixture
