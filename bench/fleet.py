@@ -22,6 +22,7 @@ cgsnap's median throughput as a fraction of raw's median.
 
 import argparse
 import concurrent.futures
+import contextlib
 import logging
 import os
 import sys
@@ -56,9 +57,26 @@ def cgsnap_one(backend, inst):
     return doc["id"], len(doc["members"])
 
 
-def run_phase(name, backend, insts, concurrency):
+def run_phase(name, backend, insts, concurrency, probe=None):
+    """Snapshot every instance once; ``probe`` (a context manager factory
+    yielding a dict) measures the timed part and adds its fields."""
     fn = raw_one if name == "raw" else cgsnap_one
-    t0 = time.monotonic()
+    extra = {}
+    with (probe or contextlib.nullcontext)() as measured:
+        t0 = time.monotonic()
+        done, errors = _snapshot_all(fn, backend, insts, concurrency)
+        elapsed = time.monotonic() - t0
+    if measured:
+        extra.update(measured)
+    members = sum(n for _, n in done)
+    # cleanup, outside the timing
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda sn: volume_tasks.delete_set_snapshots(backend, sn[0], 300), done))
+    return dict({"phase": name, "elapsed_s": elapsed, "members": members,
+                 "snapshots_per_s": members / elapsed, "errors": errors}, **extra)
+
+
+def _snapshot_all(fn, backend, insts, concurrency):
     errors = []
     done = []
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -68,13 +86,7 @@ def run_phase(name, backend, insts, concurrency):
                 done.append(f.result())
             except Exception as e:
                 errors.append(f"{type(e).__name__}: {e}")
-    elapsed = time.monotonic() - t0
-    members = sum(n for _, n in done)
-    # cleanup, outside the timing
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda sn: volume_tasks.delete_set_snapshots(backend, sn[0], 300), done))
-    return {"phase": name, "elapsed_s": elapsed, "members": members,
-            "snapshots_per_s": members / elapsed, "errors": errors}
+    return done, errors
 
 
 def main(argv=None):
