@@ -111,8 +111,9 @@ class VolumeBackend(abc.ABC):
         only those of ``set_id`` if given (one API call)."""
         raise NotImplementedError
 
-    def list_group_snapshot_members(self, group_snapshot):
-        """The snapshot dicts of one group snapshot (one API call)."""
+    def list_group_snapshot_members(self, group_snapshot, set_id):
+        """The snapshot dicts of one group snapshot, whether or not they were
+        renamed and tagged for ``set_id`` yet."""
         raise NotImplementedError
 
     def tag_snapshot(self, snapshot_id, name, metadata):

@@ -243,20 +243,25 @@ class CinderBackend(base.VolumeBackend):
         return [gs for gs in out if gs["metadata"]
                 and (set_id is None or gs["metadata"][naming.META_SET_ID] == set_id)]
 
-    def list_group_snapshot_members(self, group_snapshot):
-        # Filter on the name (a default resource filter of every Cinder) and
-        # check the group snapshot id client-side.
-        found = _call("list snapshots", self.client.volume_snapshots.list,
-                      search_opts={"name": group_snapshot["name"]})
-        return [_snapshot_dict(s) for s in found
-                if s._info.get("group_snapshot_id") == group_snapshot["id"]]
+    def list_group_snapshot_members(self, group_snapshot, set_id):
+        # Untagged members carry the group snapshot's name, tagged ones the set's
+        # metadata: two lists on default Cinder resource filters (a
+        # group_snapshot_id filter is not one), checked client-side.
+        untagged = _call("list snapshots", self.client.volume_snapshots.list,
+                         search_opts={"name": group_snapshot["name"]})
+        tagged = _call("list snapshots", self.client.volume_snapshots.list, search_opts={
+            "metadata": json.dumps({naming.META_SET_ID: set_id})})
+        by_id = {s.id: s for s in list(untagged) + list(tagged)
+                 if s._info.get("group_snapshot_id") == group_snapshot["id"]}
+        return [_snapshot_dict(s) for s in by_id.values()]
 
     def tag_snapshot(self, snapshot_id, name, metadata):
         faults.point("volume.tag_snapshot")
-        _call(f"snapshot {snapshot_id}", self.client.volume_snapshots.update, snapshot_id,
-              name=name)
+        # Metadata first: from then on the set's metadata list finds it.
         _call(f"snapshot {snapshot_id}", self.client.volume_snapshots.set_metadata,
               snapshot_id, metadata)
+        _call(f"snapshot {snapshot_id}", self.client.volume_snapshots.update, snapshot_id,
+              name=name)
 
     def delete_group_snapshot(self, group_snapshot_id):
         faults.point("volume.delete_group_snapshot")

@@ -208,7 +208,7 @@ class MemoryVolumeBackend(base.VolumeBackend):
         return [g for g in out if g["metadata"]
                 and (set_id is None or g["metadata"][naming.META_SET_ID] == set_id)]
 
-    def list_group_snapshot_members(self, group_snapshot):
+    def list_group_snapshot_members(self, group_snapshot, set_id):
         with self._lock:
             self.calls["list"] += 1
             return [self._public(s) for s in self.snapshots.values()
@@ -220,8 +220,8 @@ class MemoryVolumeBackend(base.VolumeBackend):
             snap = self.snapshots.get(snapshot_id)
             if snap is None:
                 raise exception.NotFound(f"snapshot {snapshot_id}: not found")
-            snap["name"] = name
             snap["metadata"].update(metadata)
+            snap["name"] = name
 
     def delete_group_snapshot(self, group_snapshot_id):
         faults.point("volume.delete_group_snapshot")

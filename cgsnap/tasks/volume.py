@@ -315,13 +315,15 @@ class TagGroupSnapshotMembers(CgsnapTask):
             return volume_cut["snapshots"]
         vols = self.drivers.volumes
         by_volume = {m["volume_id"]: m for m in volume_members(manifest)}
-        snaps = vols.list_group_snapshot_members(gs)
+        snaps = vols.list_group_snapshot_members(gs, set_id)
         if sorted(s["volume_id"] for s in snaps) != sorted(by_volume):
             raise exception.SnapshotFailed(
                 f"group snapshot {gs['id']} has {len(snaps)} member snapshots, "
                 f"expected one for each of the {len(by_volume)} volumes")
+        # A resumed run finds some members tagged already: tag only the rest.
         untagged = [(s["id"], by_volume[s["volume_id"]]) for s in snaps
-                    if s["name"] != by_volume[s["volume_id"]]["name"]]
+                    if s["name"] != by_volume[s["volume_id"]]["name"]
+                    or s["metadata"].get(naming.META_SET_ID) != set_id]
         # Concurrently: the guest is thawed, but the set is not done yet.
         list(executor().map(lambda sm: vols.tag_snapshot(
             sm[0], sm[1]["name"], member_metadata(set_id, manifest, sm[1])), untagged))

@@ -110,3 +110,22 @@ def test_failure_after_the_group_snapshot_leaves_nothing(make_instance, point):
     assert inst.cinder_snapshots(row["id"]) == []
     assert all(s.status != "creating" for s in inst.lab.admin.volume_snapshots.list(
         search_opts={"all_tenants": 1}) if s.volume_id in inst.all_volume_ids())
+
+
+def test_members_are_found_whether_or_not_they_were_tagged(make_instance):
+    """What a resumed TagGroupSnapshotMembers relies on, on real Cinder: the
+    driver finds every member of a group snapshot, renamed or not."""
+    from cgsnap.drivers import cinder
+    inst = make_instance(n_data=2, name="grp-resume", group_type=CONSISTENT)
+    inst.add_config(TRUST)
+    doc = _create(inst)
+    gs = doc["group_snapshot"]
+    backend = cinder.CinderBackend(inst.lab.session)
+    ids = sorted(m["snapshot_id"] for m in doc["members"])
+    assert sorted(s["id"] for s in backend.list_group_snapshot_members(gs, doc["id"])) == ids
+    # One member as a crash before its tagging leaves it: the group's name, no metadata.
+    first = doc["members"][0]["snapshot_id"]
+    inst.lab.user.volume_snapshots.update(first, name=gs["name"])
+    inst.lab.user.volume_snapshots.delete_metadata(first, list(naming.member_metadata(
+        doc["id"], inst.id, "volume", "vda", 1, doc["name"])))
+    assert sorted(s["id"] for s in backend.list_group_snapshot_members(gs, doc["id"])) == ids

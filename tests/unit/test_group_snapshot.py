@@ -138,3 +138,27 @@ def test_a_set_without_volume_members_never_touches_the_volume_service(guest):
     doc = api.create_snapshot_set(guest.name, all_volumes=False, exclude_root=True)
     assert doc["status"] == "available" and doc["members"] == []
     assert doc["backend_consistency"] is None
+
+
+def test_tagging_resumed_after_a_crash_finds_and_finishes_every_member(grouped):
+    """A create killed halfway through the tagging is completed by `recover`,
+    which re-runs TagGroupSnapshotMembers: members already renamed must still
+    be found, and one with metadata but the old name must be renamed."""
+    from cgsnap.tasks import volume as vt
+    g = grouped
+    doc = api.create_snapshot_set(g.name)
+    gs = doc["group_snapshot"]
+    members = {m["volume_id"]: m for m in doc["members"]}
+    # Undo part of the tagging, as a crash midway would have left it.
+    snaps = sorted(g.backend.list_group_snapshot_members(gs, doc["id"]),
+                   key=lambda s: s["volume_id"])
+    g.backend.snapshots[snaps[0]["id"]].update(name=gs["name"], metadata={})
+    g.backend.snapshots[snaps[1]["id"]]["name"] = gs["name"]  # metadata set, not renamed
+    manifest = dict(doc, members=[dict(m, snapshot_id=None) for m in doc["members"]])
+    out = vt.TagGroupSnapshotMembers().execute(
+        doc["id"], manifest, {"mode": "group", "snapshots": [], "group_snapshot": gs})
+    assert sorted(s["volume_id"] for s in out) == sorted(members)
+    for s in g.backend.list_snapshots(doc["id"]):
+        assert s["name"] == members[s["volume_id"]]["name"]
+        assert s["metadata"]["cgsnap_device"] == members[s["volume_id"]]["device"]
+    assert len(g.backend.list_snapshots(doc["id"])) == 4
