@@ -214,8 +214,9 @@ def main():
            "`cgsnap-per-volume` is the same with `[snapshot] group_snapshots = never`: "
            "parallel per-volume creates. The fleet's instances are in no group, so there "
            "cgsnap cuts volume by volume, like its raw baseline. `api_calls` counts driver "
-           "calls; `tag_snapshot` (after the thaw, group mode) is two HTTP requests "
-           "(rename, set metadata). n/a: not measured.", "",
+           "calls; after the thaw in group mode, `list_group_snapshot_members` and each "
+           "`tag_snapshot` are two HTTP requests each (by name and by metadata; set "
+           "metadata and rename). n/a: not measured.", "",
            "![freeze window vs N](freeze_window.png)", ""]
     if model:
         p = model_docs[0]["params"]
