@@ -62,6 +62,7 @@ def run_phase(name, backend, insts, concurrency, probe=None):
     yielding a dict) measures the timed part and adds its fields."""
     fn = raw_one if name == "raw" else cgsnap_one
     extra = {}
+    common.purge_cinder_deleted_rows()  # the same database for every phase
     with (probe or contextlib.nullcontext)() as measured:
         t0 = time.monotonic()
         done, errors = _snapshot_all(fn, backend, insts, concurrency)

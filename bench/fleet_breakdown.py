@@ -9,8 +9,9 @@ timed):
 
   raw             bench/fleet.py's bare client loop
   cgsnap          cgsnap.api.create_snapshot_set, as in bench/fleet.py
-  no-limits       cgsnap with the quota pre-check's ``limits`` call answered
-                  from one earlier call (diagnostic only, not a product mode)
+  quota-every-set cgsnap with [snapshot] quota_cache_seconds = 0: the quota
+                  pre-check asks Cinder's ``limits`` for every set (as a CLI
+                  run does) instead of reusing an answer (cgsnap.quota)
   no-volume-gets  cgsnap with CheckVolumes' volume GETs answered from one
                   earlier fetch (diagnostic only)
   serial-creates  cgsnap with [snapshot] max_parallel_creates = 1 (a set's
@@ -36,7 +37,7 @@ from cgsnap import drivers, testing  # noqa: E402
 from cgsnap.drivers import libvirt_driver  # noqa: E402
 from cgsnap.tasks import volume as volume_tasks  # noqa: E402
 
-PHASES = ("raw", "cgsnap", "no-limits", "no-volume-gets", "serial-creates")
+PHASES = ("raw", "cgsnap", "quota-every-set", "no-volume-gets", "serial-creates")
 
 
 def cinder_cpu_s():
@@ -50,24 +51,27 @@ def cinder_cpu_s():
 
 
 class Diagnostic:
-    """Answers one pre-check call from an earlier result for one phase."""
+    """Sets up one phase: config overrides, or one pre-check call answered
+    from an earlier result."""
 
     def __init__(self, backend, insts):
         self.backend = backend
-        self.limits = backend.get_limits()
         self.volumes = {tuple(i["volume_ids"]): backend.get_volumes(i["volume_ids"])
                         for i in insts}
-        self.real = (backend.get_limits, backend.get_volumes)
+        self.real = backend.get_volumes
 
     def set(self, phase):
+        from cgsnap import quota
         from cgsnap.conf import CONF
-        self.backend.get_limits, self.backend.get_volumes = self.real
+        self.backend.get_volumes = self.real
         volume_tasks._pool = None  # the fan-out pool is sized from config on first use
-        CONF.clear_override("max_parallel_creates", group="snapshot")
+        quota.forget()
+        for opt in ("max_parallel_creates", "quota_cache_seconds"):
+            CONF.clear_override(opt, group="snapshot")
         if phase == "serial-creates":
             CONF.set_override("max_parallel_creates", 1, group="snapshot")
-        if phase == "no-limits":
-            self.backend.get_limits = lambda: self.limits
+        elif phase == "quota-every-set":
+            CONF.set_override("quota_cache_seconds", 0, group="snapshot")
         elif phase == "no-volume-gets":
             self.backend.get_volumes = lambda ids: self.volumes[tuple(ids)]
 
@@ -76,14 +80,18 @@ class Diagnostic:
 def cinder_cpu():
     """Cinder CPU seconds spent inside the block (the timed part of a phase)."""
     out = {}
-    c0 = cinder_cpu_s()
-    yield out
-    out["cinder_cpu_s"] = cinder_cpu_s() - c0
+    with common.HttpRequests() as http:
+        c0 = cinder_cpu_s()
+        yield out
+        out["cinder_cpu_s"] = cinder_cpu_s() - c0
+    out["http_requests"] = dict(http.counts)
 
 
 def run(phase, backend, insts, concurrency):
     r = fleet.run_phase(phase, backend, insts, concurrency, probe=cinder_cpu)
     r["cinder_cpu_ms_per_set"] = 1000 * r["cinder_cpu_s"] / len(insts)
+    r["http_requests_per_set"] = {k: v / len(insts)
+                                  for k, v in sorted(r.pop("http_requests").items())}
     return r
 
 
@@ -93,9 +101,15 @@ def main(argv=None):
     p.add_argument("--volumes-per", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help="comma-separated subset of: " + ", ".join(PHASES))
     p.add_argument("--json", action="store_true")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    phases = [x for x in args.phases.split(",") if x]
+    unknown = set(phases) - set(PHASES)
+    if unknown or "raw" not in phases:
+        p.error(f"--phases: unknown {sorted(unknown)}" if unknown else "--phases needs raw")
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     tmp = tempfile.mkdtemp(prefix="cgsnap-fleet-breakdown-")
     common.configure_cgsnap(os.path.join(tmp, "state"))
@@ -110,10 +124,10 @@ def main(argv=None):
     drivers.override(drivers.DriverSet(libvirt_driver.LibvirtHypervisor(uri), backend))
     diag = Diagnostic(backend, insts)
     fleet.run_phase("cgsnap", backend, insts[:1], 1)  # warm-up
-    runs = {ph: [] for ph in PHASES}
+    runs = {ph: [] for ph in phases}
     for rep in range(args.reps):
-        k = rep % len(PHASES)
-        for ph in PHASES[k:] + PHASES[:k]:
+        k = rep % len(phases)
+        for ph in phases[k:] + phases[:k]:
             diag.set(ph)
             runs[ph].append(run(ph, backend, insts, args.concurrency))
             print(f"fleet_breakdown: rep {rep + 1} {ph}: {runs[ph][-1]}", file=sys.stderr)
@@ -122,7 +136,7 @@ def main(argv=None):
     rows = [{"phase": ph, "reps": args.reps,
              "snapshots_per_s": common.median([r["snapshots_per_s"] for r in runs[ph]]),
              "cinder_cpu_ms_per_set": common.median(
-                 [r["cinder_cpu_ms_per_set"] for r in runs[ph]])} for ph in PHASES]
+                 [r["cinder_cpu_ms_per_set"] for r in runs[ph]])} for ph in phases]
     for r in rows:
         r["fraction_of_raw"] = r["snapshots_per_s"] / raw
     doc = {"results": rows, "runs": runs,

@@ -2,7 +2,10 @@
 
 The interval adapts: it starts at ``initial`` (a snapshot that is ready at once
 is seen at once) and doubles up to ``maximum`` (a slow backend is not
-hammered).  The controller never sleeps past the deadline.
+hammered).  It is never shorter than the last poll took to answer: a loaded
+server answers slowly, and a poller that waits at least that long keeps at
+most half of its time in flight (backpressure, as a fleet of snapshots on one
+Cinder needs).  The controller never sleeps past the deadline.
 """
 
 import time
@@ -27,14 +30,24 @@ def poll(fetch, done, deadline_s, initial=0.05, maximum=1.0, what="operation",
             on_poll(result)
         return not done(result)
 
+    last = {"took": 0.0}
+
+    def _timed_fetch():
+        t0 = time.monotonic()
+        try:
+            return fetch()
+        finally:
+            last["took"] = time.monotonic() - t0
+
+    backoff = tenacity.wait_exponential(multiplier=initial, min=initial, max=maximum)
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_result(_check),
-        wait=tenacity.wait_exponential(multiplier=initial, min=initial, max=maximum),
+        wait=lambda state: max(backoff(state), last["took"]),
         stop=tenacity.stop_before_delay(max(deadline_s, 0.0)),
         reraise=True,
     )
     try:
-        return retrying(fetch)
+        return retrying(_timed_fetch)
     except tenacity.RetryError:
         waited = time.monotonic() - started
         raise exception.WaitTimeout(

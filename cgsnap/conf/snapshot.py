@@ -49,6 +49,12 @@ opts = [
                 help="Cinder group types (names or ids) to treat as consistent when the "
                      "group type's specs are hidden from this user (Cinder shows group "
                      "specs to admins only by default)."),
+    cfg.FloatOpt("quota_cache_seconds", default=10.0, min=0.0,
+                 help="How long a process reuses one answer of Cinder's limits call for "
+                      "the quota pre-check, adding what it has claimed since. A cached "
+                      "answer only ever accepts a set; a set it would refuse is checked "
+                      "against a fresh answer. Matters to long-lived callers (a service, "
+                      "bench/fleet.py); a CLI run asks once per set. 0 asks every time."),
     cfg.FloatOpt("cleanup_timeout", default=300.0, min=1.0,
                  help="Deadline in seconds for deleting members when a set is reverted or "
                       "deleted."),

@@ -7,7 +7,7 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, faults, naming, progress, wait
+from cgsnap import exception, faults, naming, progress, quota, wait
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask
@@ -138,21 +138,18 @@ class ChooseVolumeCut(CgsnapTask):
 
 
 class CheckQuota(CgsnapTask):
-    """Enough snapshot and gigabyte quota for every member, checked up front."""
+    """Enough snapshot and gigabyte quota for every member, checked up front
+    (see :mod:`cgsnap.quota`: advisory, and a cached answer may only accept)."""
 
     def execute(self, manifest, volume_sizes):
         self.fault_point()
         count = len(volume_members(manifest))
         if not count:
             return
-        limits = self.drivers.volumes.get_limits()
-        need_gb = sum(volume_sizes.values())
-        for kind, need in (("snapshots", count), ("gigabytes", need_gb)):
-            cap, used = limits[f"{kind}_max"], limits[f"{kind}_used"]
-            if cap is not None and cap >= 0 and used + need > cap:
-                raise exception.Refused(
-                    f"Cinder {kind} quota too low: this set needs {need}, "
-                    f"{max(cap - used, 0)} of {cap} left")
+        answer = quota.check(self.drivers.volumes, count, sum(volume_sizes.values()),
+                             CONF.snapshot.quota_cache_seconds)
+        LOG.debug("quota: %d snapshots, %d GB fit (%s answer)", count,
+                  sum(volume_sizes.values()), answer)
 
 
 class CleanupVolumeSnapshots(CgsnapTask):
