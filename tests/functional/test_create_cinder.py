@@ -81,6 +81,48 @@ def test_quota_exhausted_partway_through(make_instance, lab):
     _assert_clean_failure(inst, rc, err, exception.EXIT_SNAPSHOT_FAILED, "quota")
 
 
+def test_quota_answer_is_reused_but_a_refusal_asks_cinder_again(make_instance, lab,
+                                                                monkeypatch):
+    """A long-lived process asks Cinder's limits once per
+    [snapshot] quota_cache_seconds; a set the cached answer cannot fit is
+    checked against a fresh answer, and refused before the freeze."""
+    from cgsnap.drivers import cinder
+    asked = []
+    real = cinder.CinderBackend.get_limits
+    monkeypatch.setattr(cinder.CinderBackend, "get_limits",
+                        lambda self: asked.append(1) or real(self))
+    inst = make_instance(n_data=2, name="qcache")
+    used = {a.name: a.value for a in lab.user.limits.get().absolute}["totalSnapshotsUsed"]
+    lab.set_quota(snapshots=used + 7)  # room for two sets of 3 and one snapshot more
+    try:
+        first = json.loads(inst.cgsnap("create", "--all-volumes", inst.name, "-f", "json")[1])
+        second = json.loads(inst.cgsnap("create", "--all-volumes", inst.name, "-f", "json")[1])
+        assert (first["status"], second["status"]) == ("available", "available")
+        assert len(asked) == 1  # the second set was accepted by the first answer
+        rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    finally:
+        lab.set_quota(snapshots=1000)
+    assert len(asked) == 2  # the cached view could not fit it: Cinder was asked again
+    doc = _assert_clean_failure_among(inst, rc, err, {first["id"], second["id"]})
+    assert "snapshots quota too low: this set needs 3, 1 of" in doc["status_reason"]
+
+
+def _assert_clean_failure_among(inst, rc, err, kept):
+    """A refused set next to sets that must stay: thawed, one line, nothing of
+    the refused set left in Cinder, the others untouched."""
+    assert rc == exception.EXIT_REFUSED, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert inst.frozen_count() == 0
+    sets = json.loads(inst.cgsnap("list", "-f", "json")[1])
+    failed = [s for s in sets if s["id"] not in kept]
+    assert len(failed) == 1 and {s["id"] for s in sets} >= kept
+    doc = json.loads(inst.cgsnap("show", failed[0]["id"], "-f", "json")[1])
+    assert doc["status"] == "failed" and inst.cinder_snapshots(doc["id"]) == []
+    for sid in kept:
+        assert len(inst.cinder_snapshots(sid)) == 3
+    return doc
+
+
 def test_volume_attached_to_another_instance(make_instance, lab):
     inst = make_instance(n_data=2, name="owner")
     stolen = inst.volume_ids[1]
