@@ -136,7 +136,10 @@ def main(argv=None):
     rows = [{"phase": ph, "reps": args.reps,
              "snapshots_per_s": common.median([r["snapshots_per_s"] for r in runs[ph]]),
              "cinder_cpu_ms_per_set": common.median(
-                 [r["cinder_cpu_ms_per_set"] for r in runs[ph]])} for ph in phases]
+                 [r["cinder_cpu_ms_per_set"] for r in runs[ph]]),
+             "http_requests_per_set": _median_counts([r["http_requests_per_set"]
+                                                      for r in runs[ph]])}
+            for ph in phases]
     for r in rows:
         r["fraction_of_raw"] = r["snapshots_per_s"] / raw
     doc = {"results": rows, "runs": runs,
@@ -146,6 +149,11 @@ def main(argv=None):
         for r in rows:
             print(f"{r['phase']:16} {r['snapshots_per_s']:7.2f} {r['fraction_of_raw']:6.2f} "
                   f"{r['cinder_cpu_ms_per_set']:18.0f}")
+
+
+def _median_counts(dicts):
+    keys = sorted({k for d in dicts for k in d})
+    return {k: common.median([d.get(k, 0.0) for d in dicts]) for k in keys}
 
 
 if __name__ == "__main__":

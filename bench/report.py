@@ -82,6 +82,12 @@ def window_table(rows):
     return "\n".join(out)
 
 
+def _requests(counts):
+    """``{"GET /volumes/<id>": 4.0, ...}`` as ``4.0 GET /volumes/<id>, ...``."""
+    return ", ".join(f"{n:.1f} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])
+                     if n) or "n/a"
+
+
 def breakdown_table(rows):
     out = ["| backend | strategy | N | freeze call | freeze -> 1st create | creates | "
            "polls (count) | last poll -> thaw | thaw call | DB writes in window (time) |",
@@ -260,13 +266,17 @@ def main():
     if fb:
         md += ["### Fleet: where Cinder's CPU goes", "",
                "`bench/fleet_breakdown.py`: the same fleet, Cinder process CPU per set "
-               "(from /proc) with one of cgsnap's pre-check calls answered from an earlier "
-               "result (diagnostic phases, not product modes); medians of "
-               f"{fb['results'][0]['reps']} reps.", "",
-               "| phase | member snapshots/s | x raw | Cinder CPU ms per set |",
-               "|---|---:|---:|---:|"]
+               "(from /proc) and HTTP requests per set, with one setting changed or one "
+               "pre-check call answered from an earlier result (see the script's "
+               "docstring; the diagnostic phases are not product modes); medians of "
+               f"{fb['results'][0]['reps']} reps. Cinder's soft-deleted rows are purged "
+               "before every phase.", "",
+               "| phase | member snapshots/s | x raw | Cinder CPU ms per set | "
+               "HTTP requests per set |",
+               "|---|---:|---:|---:|---|"]
         md += [f"| {r['phase']} | {r['snapshots_per_s']:.2f} | {r['fraction_of_raw']:.2f} | "
-               f"{r['cinder_cpu_ms_per_set']:.0f} |" for r in fb["results"]]
+               f"{r['cinder_cpu_ms_per_set']:.0f} | "
+               f"{_requests(r.get('http_requests_per_set') or {})} |" for r in fb["results"]]
         md.append("")
     notes = os.path.join(HERE, "NOTES.md")
     if os.path.exists(notes):
