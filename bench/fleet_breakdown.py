@@ -141,7 +141,8 @@ def main(argv=None):
                                                       for r in runs[ph]])}
             for ph in phases]
     for r in rows:
-        r["fraction_of_raw"] = r["snapshots_per_s"] / raw
+        r["fraction_of_raw"] = fleet.paired_fraction(runs, r["phase"])
+        r["fraction_of_raw_of_medians"] = r["snapshots_per_s"] / raw
     doc = {"results": rows, "runs": runs,
            "command": " ".join([".venv/bin/python", "bench/fleet_breakdown.py"] + sys.argv[1:])}
     if common.emit(doc, args.out, args.json):

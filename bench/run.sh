@@ -24,8 +24,8 @@ $PY bench/freeze_window.py --backend model --latency 0.2 --volumes 64 --reps 3 \
 step "dev Cinder, N=1,4,16 (3 reps)"
 $PY bench/freeze_window.py --backend cinder --volumes 1,4,16 --reps 3 \
     --strategies $STRATEGIES --out "$OUT/cinder.json" >/dev/null
-step "fleet, 24 x 4 volumes, 8 workers (3 reps)"
-$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 3 \
+step "fleet, 24 x 4 volumes, 8 workers (5 reps)"
+$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 5 \
     --out "$OUT/fleet.json" >/dev/null
 step "fleet breakdown: Cinder CPU per set without each pre-check call (2 reps)"
 $PY bench/fleet_breakdown.py --instances 24 --reps 2 --out "$OUT/fleet_breakdown.json" >/dev/null

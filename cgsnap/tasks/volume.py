@@ -235,14 +235,15 @@ class SnapshotVolumes(CgsnapTask):
         if freeze.get("started_mono") is not None:
             # The wait must end before the freeze deadline, so the guest is thawed in
             # time, and its polls stay frequent: overshoot is added to the window.
+            # No backpressure either: the pace is kept however slowly Cinder answers.
             deadline = options["freeze_timeout"] - (time.monotonic() - freeze["started_mono"])
-            max_interval = CONF.snapshot.poll_max_interval_frozen
+            max_interval, frozen = CONF.snapshot.poll_max_interval_frozen, True
         else:
             deadline = options["wait_timeout"]
-            max_interval = CONF.snapshot.poll_max_interval
+            max_interval, frozen = CONF.snapshot.poll_max_interval, False
         poll = functools.partial(wait.poll, deadline_s=deadline,
                                  initial=CONF.snapshot.poll_initial_interval,
-                                 maximum=max_interval)
+                                 maximum=max_interval, backpressure=not frozen)
         if mode == CUT_GROUP:
             return self._group(volume_cut_plan, poll)
         return self._per_volume(set_id, manifest, poll)

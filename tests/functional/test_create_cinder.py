@@ -123,6 +123,63 @@ def _assert_clean_failure_among(inst, rc, err, kept):
     return doc
 
 
+class _Requests:
+    """The Cinder requests this process sends, as ``METHOD /path`` (ids folded)."""
+
+    def __init__(self, monkeypatch):
+        import re
+
+        from keystoneauth1 import session
+        self.sent = []
+        real = session.Session.request
+
+        def request(sess, url, method, *args, **kwargs):
+            path = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|/v3/[0-9a-f]{32}", "", url.split("?")[0])
+            self.sent.append(f"{method} {path.split(':18776')[-1]}")
+            return real(sess, url, method, *args, **kwargs)
+        monkeypatch.setattr(session.Session, "request", request)
+
+    def count(self, what):
+        return self.sent.count(what)
+
+
+def test_member_volumes_are_checked_with_one_list_call_where_cinder_allows_it(
+        make_instance, monkeypatch):
+    """The dev cloud enables the ``id`` volume filter: the pre-freeze check
+    of 4 volumes is one list call, not 4 GETs."""
+    inst = make_instance(n_data=3, name="idfilter")
+    sent = _Requests(monkeypatch)
+    rc, out, err = inst.cgsnap("create", "--all-volumes", inst.name, "-f", "json")
+    assert rc == 0, err
+    assert len(json.loads(out)["members"]) == 4
+    assert sent.count("GET /volumes/") == 0, sent.sent
+    assert sent.count("GET /volumes/detail") == 1, sent.sent
+
+
+@pytest.mark.parametrize("why", ["filter not enabled", "resource filters call fails"])
+def test_without_the_id_filter_volumes_are_fetched_one_by_one(make_instance, lab,
+                                                             monkeypatch, why):
+    from cgsnap.drivers import cinder
+    if why == "filter not enabled":
+        monkeypatch.setattr(cinder.CinderBackend, "filters_volumes_by_id", lambda self: False)
+    else:
+        from cinderclient.v3 import resource_filters
+
+        def fail(*_a, **_k):
+            raise RuntimeError("no resource filters here")
+        monkeypatch.setattr(resource_filters.ResourceFilterManager, "list", fail)
+    inst = make_instance(n_data=2, name="nofilter")
+    sent = _Requests(monkeypatch)
+    rc, out, err = inst.cgsnap("create", "--all-volumes", inst.name, "-f", "json")
+    assert rc == 0, err
+    assert sent.count("GET /volumes/") == 3 and sent.count("GET /volumes/detail") == 0
+    # The refusals are the same on this path.
+    lab.reset_status(inst.volume_ids[1], "error")
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    assert rc == exception.EXIT_REFUSED and "'error'" in err, err
+    assert inst.frozen_count() == 0
+
+
 def test_volume_attached_to_another_instance(make_instance, lab):
     inst = make_instance(n_data=2, name="owner")
     stolen = inst.volume_ids[1]

@@ -109,6 +109,21 @@ def test_the_poller_waits_at_least_as_long_as_the_last_poll_took():
     assert len(gaps) == 3 and min(gaps) >= 0.055, gaps
 
 
+def test_inside_a_freeze_the_poller_keeps_its_pace_however_slow_the_answers():
+    starts, ends = [], []
+
+    def fetch():
+        starts.append(time.monotonic())
+        time.sleep(0.06)
+        ends.append(time.monotonic())
+        return len(starts)
+
+    wait.poll(fetch, lambda n: n >= 4, deadline_s=10, initial=0.001, maximum=0.002,
+              backpressure=False)
+    gaps = [s - e for e, s in zip(ends, starts[1:])]
+    assert max(gaps) < 0.03, gaps
+
+
 def test_the_poller_keeps_its_fast_start_when_answers_are_quick():
     starts = []
     wait.poll(lambda: starts.append(time.monotonic()) or len(starts), lambda n: n >= 3,
