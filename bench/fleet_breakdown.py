@@ -12,10 +12,10 @@ timed):
   quota-every-set cgsnap with [snapshot] quota_cache_seconds = 0: the quota
                   pre-check asks Cinder's ``limits`` for every set (as a CLI
                   run does) instead of reusing an answer (cgsnap.quota)
-  no-volume-gets  cgsnap with CheckVolumes' volume GETs answered from one
+  default-filters cgsnap as on a Cinder with its default volume filters (no
+                  ``id`` filter): CheckVolumes GETs each volume
+  no-volume-gets  cgsnap with CheckVolumes' volume fetch answered from one
                   earlier fetch (diagnostic only)
-  serial-creates  cgsnap with [snapshot] max_parallel_creates = 1 (a set's
-                  creates one after another, as raw issues them)
 
   python bench/fleet_breakdown.py --instances 24 --reps 2 --json
 """
@@ -35,9 +35,8 @@ import fleet  # noqa: E402
 
 from cgsnap import drivers, testing  # noqa: E402
 from cgsnap.drivers import libvirt_driver  # noqa: E402
-from cgsnap.tasks import volume as volume_tasks  # noqa: E402
 
-PHASES = ("raw", "cgsnap", "quota-every-set", "no-volume-gets", "serial-creates")
+PHASES = ("raw", "cgsnap", "default-filters", "quota-every-set", "no-volume-gets")
 
 
 def cinder_cpu_s():
@@ -64,12 +63,11 @@ class Diagnostic:
         from cgsnap import quota
         from cgsnap.conf import CONF
         self.backend.get_volumes = self.real
-        volume_tasks._pool = None  # the fan-out pool is sized from config on first use
+        vars(self.backend).pop("filters_volumes_by_id", None)
         quota.forget()
-        for opt in ("max_parallel_creates", "quota_cache_seconds"):
-            CONF.clear_override(opt, group="snapshot")
-        if phase == "serial-creates":
-            CONF.set_override("max_parallel_creates", 1, group="snapshot")
+        CONF.clear_override("quota_cache_seconds", group="snapshot")
+        if phase == "default-filters":
+            self.backend.filters_volumes_by_id = lambda: False
         elif phase == "quota-every-set":
             CONF.set_override("quota_cache_seconds", 0, group="snapshot")
         elif phase == "no-volume-gets":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate bench/RESULTS.md, bench/freeze_window.png and bench/results/*.json
 # (`make bench`).  Needs the dev cloud (started here if down) and .venv.
-# About 12-15 minutes on 2 vCPUs (the first run also creates ~120 Cinder volumes).
+# About 18-20 minutes on 2 vCPUs (the first run also creates ~120 Cinder volumes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -24,9 +24,9 @@ $PY bench/freeze_window.py --backend model --latency 0.2 --volumes 64 --reps 3 \
 step "dev Cinder, N=1,4,16 (3 reps)"
 $PY bench/freeze_window.py --backend cinder --volumes 1,4,16 --reps 3 \
     --strategies $STRATEGIES --out "$OUT/cinder.json" >/dev/null
-step "fleet, 24 x 4 volumes, 8 workers (5 reps)"
-$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 5 \
+step "fleet, 24 x 4 volumes, 8 workers (7 reps)"
+$PY bench/fleet.py --instances 24 --volumes-per 4 --concurrency 8 --reps 7 \
     --out "$OUT/fleet.json" >/dev/null
-step "fleet breakdown: Cinder CPU per set without each pre-check call (2 reps)"
+step "fleet breakdown: Cinder CPU and requests per set, one setting changed per phase (2 reps)"
 $PY bench/fleet_breakdown.py --instances 24 --reps 2 --out "$OUT/fleet_breakdown.json" >/dev/null
 $PY bench/report.py "$OUT"

@@ -235,15 +235,14 @@ class SnapshotVolumes(CgsnapTask):
         if freeze.get("started_mono") is not None:
             # The wait must end before the freeze deadline, so the guest is thawed in
             # time, and its polls stay frequent: overshoot is added to the window.
-            # No backpressure either: the pace is kept however slowly Cinder answers.
             deadline = options["freeze_timeout"] - (time.monotonic() - freeze["started_mono"])
-            max_interval, frozen = CONF.snapshot.poll_max_interval_frozen, True
+            max_interval = CONF.snapshot.poll_max_interval_frozen
         else:
             deadline = options["wait_timeout"]
-            max_interval, frozen = CONF.snapshot.poll_max_interval, False
+            max_interval = CONF.snapshot.poll_max_interval
         poll = functools.partial(wait.poll, deadline_s=deadline,
                                  initial=CONF.snapshot.poll_initial_interval,
-                                 maximum=max_interval, backpressure=not frozen)
+                                 maximum=max_interval)
         if mode == CUT_GROUP:
             return self._group(volume_cut_plan, poll)
         return self._per_volume(set_id, manifest, poll)
