@@ -3,8 +3,8 @@ the REST service call).  Each call runs one flow from :mod:`cgsnap.flows` in a
 TaskFlow engine with SQL persistence, under the instance's lock.
 """
 
-import functools
 import os
+import threading
 import uuid
 
 from oslo_log import log as logging
@@ -26,13 +26,22 @@ def catalog():
     return catalog_mod.Catalog(state.catalog_url())
 
 
-@functools.cache
+_backends = {}
+_backends_lock = threading.Lock()
+
+
 def _persistence(url):
     # A pooled, WAL-mode backend: stock TaskFlow SQLite costs 7-15 ms per
     # logbook write, ~0.5 ms here (bench/RESULTS.md), and ~12 writes fall
-    # inside the freeze window.
+    # inside the freeze window.  One per URL and process, built under the
+    # schema lock: concurrent first runs on a fresh store would otherwise
+    # race the table upgrade ("table logbooks already exists").
     from cgsnap import persistence
-    return persistence.fetch_backend(url)
+    with _backends_lock:
+        if url not in _backends:
+            with lock.schema_lock():
+                _backends[url] = persistence.fetch_backend(url)
+        return _backends[url]
 
 
 def persistence_backend():

@@ -12,7 +12,7 @@ import threading
 
 import sqlalchemy as sa
 
-from cgsnap import exception, manifest
+from cgsnap import exception, lock, manifest
 
 _metadata = sa.MetaData()
 
@@ -53,7 +53,8 @@ def _engine(url):
                     cur.execute("PRAGMA busy_timeout=10000")
                     cur.close()
             try:
-                _metadata.create_all(eng)
+                with lock.schema_lock():
+                    _metadata.create_all(eng)
             except sa.exc.SQLAlchemyError as e:
                 raise exception.ConfigError(
                     f"cannot open the catalog {eng.url.render_as_string(hide_password=True)}: "

@@ -8,6 +8,7 @@ run.  The file keeps the last holder's pid and operation for the error message.
 import contextlib
 import fcntl
 import os
+import threading
 
 from cgsnap import exception, state, wait
 
@@ -38,3 +39,23 @@ def _try_lock(fd):
         return True
     except BlockingIOError:
         return False
+
+
+@contextlib.contextmanager
+def schema_lock():
+    """Serialises creating or upgrading the catalog's and the flow store's
+    tables across the processes (and threads) of one host: cron may start
+    several cgsnap runs at once on a fresh state directory, and two schema
+    upgrades racing end in "table ... already exists".  Blocking; held only
+    while the schema is checked."""
+    with _schema_thread_lock:
+        fd = os.open(os.path.join(state.lock_dir(), "schema.lock"), os.O_RDWR | os.O_CREAT,
+                     0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+_schema_thread_lock = threading.Lock()  # flock is per open file, not per thread
