@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,15 +80,17 @@ def cinder_cpu():
     """Cinder CPU seconds spent inside the block (the timed part of a phase)."""
     out = {}
     with common.HttpRequests() as http:
-        c0 = cinder_cpu_s()
+        c0, p0 = cinder_cpu_s(), time.process_time()
         yield out
         out["cinder_cpu_s"] = cinder_cpu_s() - c0
+        out["client_cpu_s"] = time.process_time() - p0  # this process, every thread
     out["http_requests"] = dict(http.counts)
 
 
 def run(phase, backend, insts, concurrency):
     r = fleet.run_phase(phase, backend, insts, concurrency, probe=cinder_cpu)
     r["cinder_cpu_ms_per_set"] = 1000 * r["cinder_cpu_s"] / len(insts)
+    r["client_cpu_ms_per_set"] = 1000 * r["client_cpu_s"] / len(insts)
     r["http_requests_per_set"] = {k: v / len(insts)
                                   for k, v in sorted(r.pop("http_requests").items())}
     return r
@@ -135,6 +138,8 @@ def main(argv=None):
              "snapshots_per_s": common.median([r["snapshots_per_s"] for r in runs[ph]]),
              "cinder_cpu_ms_per_set": common.median(
                  [r["cinder_cpu_ms_per_set"] for r in runs[ph]]),
+             "client_cpu_ms_per_set": common.median(
+                 [r["client_cpu_ms_per_set"] for r in runs[ph]]),
              "http_requests_per_set": _median_counts([r["http_requests_per_set"]
                                                       for r in runs[ph]])}
             for ph in phases]

@@ -15,8 +15,15 @@ the same tables, the same SQL and the same resumability, but
 
 Other databases get the connection reuse, and ``pool_pre_ping`` so that a
 server restart costs a reconnect, not a failed write.
+
+Every backend also skips atom writes that change nothing but a task's
+progress.  TaskFlow stores progress 0.0 and 1.0 for every task as writes of
+their own, next to the state changes; nothing in cgsnap reads progress from
+the logbook and resuming a flow does not use it.  That halves the atom writes:
+client CPU per set in a fleet, and 4 of the writes inside the freeze window.
 """
 
+import collections
 import threading
 
 import sqlalchemy as sa
@@ -40,6 +47,37 @@ def _is_sqlite_file(url):
     u = sa.engine.url.make_url(url)
     return ("sqlite" in u.drivername
             and url.lower().strip() not in impl_sqlalchemy.SQLITE_IN_MEMORY)
+
+
+class _LeanConnection(impl_sqlalchemy.Connection):
+    """A Connection that does not write an atom detail whose only change since
+    this connection last wrote it is ``meta["progress"]``."""
+
+    _REMEMBERED = 4096  # atoms; a long-lived process forgets the oldest
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._written = collections.OrderedDict()  # atom uuid -> dict without progress
+        self._written_lock = threading.Lock()
+
+    def update_atom_details(self, atom_detail):
+        key = _without_progress(atom_detail)
+        with self._written_lock:
+            if self._written.get(atom_detail.uuid) == key:
+                return atom_detail
+        stored = super().update_atom_details(atom_detail)
+        with self._written_lock:
+            self._written[atom_detail.uuid] = _without_progress(stored)
+            self._written.move_to_end(atom_detail.uuid)
+            while len(self._written) > self._REMEMBERED:
+                self._written.popitem(last=False)
+        return stored
+
+
+def _without_progress(atom_detail):
+    value = atom_detail.to_dict()
+    value["meta"] = {k: v for k, v in (value.get("meta") or {}).items() if k != "progress"}
+    return value
 
 
 class LeanSQLAlchemyBackend(impl_sqlalchemy.SQLAlchemyBackend):
@@ -72,7 +110,7 @@ class LeanSQLAlchemyBackend(impl_sqlalchemy.SQLAlchemyBackend):
     def get_connection(self):
         with self._shared_lock:
             if self._shared is None:
-                conn = impl_sqlalchemy.Connection(self, upgrade_lock=self._upgrade_lock)
+                conn = _LeanConnection(self, upgrade_lock=self._upgrade_lock)
                 conn.validate(max_retries=self._max_retries)
                 self._validated = True
                 self._shared = conn
