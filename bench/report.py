@@ -82,6 +82,10 @@ def window_table(rows):
     return "\n".join(out)
 
 
+def _ms(value):
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def _requests(counts):
     """``{"GET /volumes/<id>": 4.0, ...}`` as ``4.0 GET /volumes/<id>, ...``."""
     return ", ".join(f"{n:.1f} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])
@@ -273,16 +277,18 @@ def main():
     if fb:
         md += ["### Fleet: where Cinder's CPU goes", "",
                "`bench/fleet_breakdown.py`: the same fleet, Cinder process CPU per set "
-               "(from /proc) and HTTP requests per set, with one setting changed or one "
-               "pre-check call answered from an earlier result (see the script's "
+               "(from /proc), the client's (this process's) CPU per set, and HTTP "
+               "requests per set, with one setting changed or one pre-check call "
+               "answered from an earlier result (see the script's "
                "docstring; the diagnostic phases are not product modes); medians of "
                f"{fb['results'][0]['reps']} reps. Cinder's soft-deleted rows are purged "
                "before every phase.", "",
                "| phase | member snapshots/s | x raw | Cinder CPU ms per set | "
-               "HTTP requests per set |",
-               "|---|---:|---:|---:|---|"]
+               "client CPU ms per set | HTTP requests per set |",
+               "|---|---:|---:|---:|---:|---|"]
         md += [f"| {r['phase']} | {r['snapshots_per_s']:.2f} | {r['fraction_of_raw']:.2f} | "
                f"{r['cinder_cpu_ms_per_set']:.0f} | "
+               f"{_ms(r.get('client_cpu_ms_per_set'))} | "
                f"{_requests(r.get('http_requests_per_set') or {})} |" for r in fb["results"]]
         md.append("")
     notes = os.path.join(HERE, "NOTES.md")
