@@ -32,7 +32,7 @@ _backends_lock = threading.Lock()
 
 def _persistence(url):
     # A pooled, WAL-mode backend: stock TaskFlow SQLite costs 7-15 ms per
-    # logbook write, ~0.5 ms here (bench/RESULTS.md), and ~12 writes fall
+    # logbook write, ~0.5 ms here (bench/RESULTS.md), and 6 writes fall
     # inside the freeze window.  One per URL and process, built under the
     # schema lock: concurrent first runs on a fresh store would otherwise
     # race the table upgrade ("table logbooks already exists").

@@ -146,10 +146,10 @@ class CheckQuota(CgsnapTask):
         count = len(volume_members(manifest))
         if not count:
             return
-        answer = quota.check(self.drivers.volumes, count, sum(volume_sizes.values()),
+        gigabytes = sum(volume_sizes.values())
+        answer = quota.check(self.drivers.volumes, count, gigabytes,
                              CONF.snapshot.quota_cache_seconds)
-        LOG.debug("quota: %d snapshots, %d GB fit (%s answer)", count,
-                  sum(volume_sizes.values()), answer)
+        LOG.debug("quota: %d snapshots, %d GB fit (%s answer)", count, gigabytes, answer)
 
 
 class CleanupVolumeSnapshots(CgsnapTask):
