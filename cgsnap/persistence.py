@@ -59,7 +59,8 @@ def _is_sqlite_file(url):
 
 class _LeanConnection(impl_sqlalchemy.Connection):
     """A Connection that does not write an atom detail whose only change since
-    this connection last wrote it is ``meta["progress"]``."""
+    this connection last wrote it is ``meta["progress"]``, nor rewrite the
+    unchanged atoms of a flow whose state changes (see the module docstring)."""
 
     _REMEMBERED = 4096  # atoms; a long-lived process forgets the oldest
 
