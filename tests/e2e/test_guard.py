@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+from .. import faultcli
 from .conftest import ROOT, Sampler
 
 CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
@@ -16,7 +17,7 @@ def _start(guest, fault, freeze_timeout):
     guest.conf.write_text(guest.conf.read_text().replace(
         "freeze_timeout = 30", f"freeze_timeout = {freeze_timeout}\nthaw_guard_margin = 1.0"))
     env = dict(os.environ, CGSNAP_FAULT=fault)
-    return subprocess.Popen([CGSNAP, "--config-file", str(guest.conf), "create",
+    return subprocess.Popen([*faultcli.COMMAND, "--config-file", str(guest.conf), "create",
                              "--all-volumes", guest.name], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

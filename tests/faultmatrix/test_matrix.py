@@ -35,11 +35,9 @@ import pytest
 
 from cgsnap import drivers, faults
 
+from .. import faultcli
 from ..functional.conftest import CLOUDS, Instance
 from .conftest import RESULTS
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
 
 TASKS = ["DiscoverInstance", "RecordSet", "CheckRootDisk", "CheckVolumes", "CheckQuota",
          "ChooseVolumeCut", "CheckLocalDisks", "CheckMemory", "CheckImageStore", "CheckAgent",
@@ -151,9 +149,9 @@ def _run_in_process(inst, point, action):
 
 def _run_killed(inst, point):
     env = dict(os.environ, CGSNAP_FAULT=f"{point}:kill")
-    proc = subprocess.run([CGSNAP, "--config-file", str(inst.conf), "create", "--all-volumes",
-                           inst.name, "-f", "json"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([*faultcli.COMMAND, "--config-file", str(inst.conf), "create",
+                           "--all-volumes", inst.name, "-f", "json"], env=env, capture_output=True,
+                          text=True, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr
 
 
