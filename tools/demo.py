@@ -20,7 +20,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cgsnap import testing  # noqa: E402
+from tests import lab as testlab  # noqa: E402
 
 STATE = os.path.join(ROOT, ".state")
 DEMO = os.path.join(STATE, "demo")
@@ -75,10 +75,10 @@ def provision(lab):
 def main():
     if not os.path.exists(CLOUDS):
         sys.exit("demo: the dev cloud is not set up: run `make demo` (it starts it)")
-    lab = testing.CinderLab(CLOUDS)
+    lab = testlab.CinderLab(CLOUDS)
     saved = provision(lab)
-    uri = testing.write_node(os.path.join(DEMO, "node.xml"), [
-        testing.domain_xml("demo", saved["instance_id"], saved["root"], saved["data"])])
+    uri = testlab.write_node(os.path.join(DEMO, "node.xml"), [
+        testlab.domain_xml("demo", saved["instance_id"], saved["root"], saved["data"])])
     with open(os.path.join(ROOT, "cgsnap.conf"), "w") as f:
         f.write(CONF_TEMPLATE.format(state=STATE, uri=uri, clouds=CLOUDS))
     say("wrote ./cgsnap.conf")

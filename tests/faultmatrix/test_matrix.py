@@ -36,6 +36,7 @@ import pytest
 from cgsnap import drivers, faults
 
 from .. import faultcli
+from .. import lab as testlab
 from ..functional.conftest import CLOUDS, Instance
 from .conftest import RESULTS
 
@@ -77,10 +78,9 @@ BEFORE_RECORD = {"hypervisor.get_instance", "task.DiscoverInstance", "task.Recor
 
 
 def _matrix_instance(tmp_path_factory, name, group_type=None):
-    from cgsnap import testing
     if not os.path.exists(CLOUDS):
         pytest.fail("dev cloud not set up: run `make fault-matrix`", pytrace=False)
-    lab = testing.CinderLab(CLOUDS)
+    lab = testlab.CinderLab(CLOUDS)
     tmp = tmp_path_factory.mktemp(name)
     inst = Instance(lab, tmp, 3, name, group_type)
     inst.conf.write_text(inst.conf.read_text().replace(

@@ -2,6 +2,7 @@
 its environment; only the wrapper under tests/ (tests/faultcli.py) does."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,3 +68,21 @@ def test_arm_spec_parses_the_spec_syntax():
 def test_arm_spec_rejects_an_unknown_action():
     with pytest.raises(ValueError, match="explode"):
         faults.arm_spec("unit.d:explode")
+
+
+def test_the_package_ships_no_test_machinery():
+    import importlib.util
+    import pathlib
+
+    import cgsnap
+    # Dev-cloud admin helpers (state resets, quota changes) live in tests/lab.py.
+    assert importlib.util.find_spec("cgsnap.testing") is None
+    # The in-process storage fake is drivers/fake.py, not a name that reads as --memory.
+    assert importlib.util.find_spec("cgsnap.drivers.memory") is None
+    assert importlib.util.find_spec("cgsnap.drivers.fake") is not None
+    pkg = pathlib.Path(cgsnap.__file__).parent
+    # No code reads the fault variable (a docstring may name it), no admin helper.
+    needles = re.compile(r"""["']CGSNAP_FAULT["']|CinderLab|\.reset_state\(""")
+    offenders = [str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
+                 if needles.search(p.read_text())]
+    assert offenders == []
