@@ -79,7 +79,11 @@ def main():
     saved = provision(lab)
     uri = testlab.write_node(os.path.join(DEMO, "node.xml"), [
         testlab.domain_xml("demo", saved["instance_id"], saved["root"], saved["data"])])
-    with open(os.path.join(ROOT, "cgsnap.conf"), "w") as f:
+    # 0644 whatever the umask: as root, cgsnap reads ./cgsnap.conf only if
+    # group and others cannot write it (README, Configuration).
+    fd = os.open(os.path.join(ROOT, "cgsnap.conf"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(CONF_TEMPLATE.format(state=STATE, uri=uri, clouds=CLOUDS))
     say("wrote ./cgsnap.conf")
     say("$ cgsnap create --all-volumes demo --name 'demo set'")
