@@ -5,10 +5,9 @@
 and benchmarks install them with :func:`cgsnap.drivers.override`.  They have
 nothing to do with ``cgsnap create --memory`` (the guest's RAM image).
 
-The volume fake models Cinder closely enough for the flow, with configurable
-latency: snapshots start ``creating``
-and become ``available`` after ``latency`` seconds (± ``jitter``), a
-concurrency cap can serialise creates like a busy API, quotas are enforced,
+The volume fake models Cinder closely enough for the flow: snapshots start
+``creating`` and become ``available`` after ``latency`` seconds (± ``jitter``),
+a concurrency cap can serialise creates like a busy API, quotas are enforced,
 and any volume can be put in an arbitrary status.  It is never the only proof
 a feature works: the functional tier runs the same flows on real Cinder.
 """
