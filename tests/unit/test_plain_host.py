@@ -294,3 +294,44 @@ def test_shared_volume_option_on_the_cli(guest, capsys):
     rc = cli.run(["--config-file", conf, "create", "--all-volumes", "--allow-shared-volumes",
                   guest.name, "-f", "json"], out, err)
     assert rc == 0, err.getvalue()
+
+
+# -- issue 11 finding 5: a cloud whose catalog has no image service ----------------
+
+def test_gc_on_a_cloud_without_an_image_service_skips_glance_once(guest, monkeypatch):
+    from keystoneauth1 import exceptions as ks_exc
+
+    from cgsnap import drivers, gc
+    from cgsnap.drivers import cinder
+
+    class Session:  # Keystone's answer: Cinder is in the catalog, Glance is not
+        def get_endpoint(self, service_type, **kwargs):
+            if service_type == "image":
+                raise ks_exc.EndpointNotFound()
+            return "http://cinder.invalid/v3"
+
+    class Region:
+        interface, region_name = "public", None
+
+    monkeypatch.setattr(cinder, "_session_from_config", lambda conf: (Session(), Region()))
+    configured = drivers._ConfiguredDriverSet()
+    assert configured.unavailable("volumes") is None
+    assert "no image service" in configured.unavailable("images")
+
+    class NoGlance:
+        def close(self):
+            pass
+
+        def __getattr__(self, name):
+            raise AssertionError(f"Glance used: {name}")
+
+    class CloudWithoutGlance(drivers.DriverSet):
+        def unavailable(self, name):
+            return configured.unavailable(name)
+
+    drivers.override(CloudWithoutGlance(guest.hypervisor, guest.backend, NoGlance()))
+    notes = []
+    lists_before = guest.backend.calls["list"]
+    assert gc.collect(dry_run=True, grace_s=0, notes=notes) == []
+    assert notes == ["gc skipped Glance: the cloud's service catalog has no image service"]
+    assert guest.backend.calls["list"] > lists_before  # Cinder is still collected
