@@ -80,6 +80,8 @@ class _ConfiguredDriverSet:
         from cgsnap.drivers import cinder
         try:
             session, region = cinder._session_from_config(CONF)
+            if getattr(region, "get_endpoint", lambda _s: None)("image"):
+                return False  # an endpoint override in clouds.yaml
             url = session.get_endpoint(service_type="image",
                                        interface=region.interface or "public",
                                        region_name=region.region_name)
