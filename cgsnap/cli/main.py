@@ -14,7 +14,8 @@ from cgsnap.cli import output
 DESCRIPTION = """\
 Take consistent snapshots of a whole virtual machine: freeze the guest's
 filesystems through the QEMU guest agent, snapshot the root disk and every
-attached Cinder volume in parallel, thaw, and record one manifest.  Any
+attached Cinder volume (and local disk, with [snapshot] local_disks = qcow2)
+in parallel, thaw, and record one manifest.  Any
 failure reverts everything: the guest is thawed and partial snapshots are
 deleted.
 
@@ -54,7 +55,8 @@ def _parser():
     c = sub.add_parser(
         "create", parents=[common], help="snapshot an instance as one consistent set",
         description="Freeze INSTANCE, snapshot its root disk (and with --all-volumes every "
-                    "attached volume) in parallel, thaw, and record the manifest.",
+                    "other attached disk) in parallel, thaw, and record the manifest. A set "
+                    "that would capture nothing is refused before the freeze.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     c.add_argument("instance", metavar="INSTANCE", help="libvirt domain name or UUID")
     c.add_argument("--all-volumes", action="store_true",
