@@ -85,14 +85,17 @@ class CheckRootDisk(CgsnapTask):
 
 
 _QCOW2_MAGIC = b"QFI\xfb"
-_LUKS_MAGIC = b"LUKS\xba\xbe"
 
 
 def image_encryption(path, fmt=None):
     """The encryption a disk image carries in its own header, or None: a qcow2
-    header's crypt_method (1 AES, 2 LUKS) or a raw LUKS container.  An
+    header's crypt_method (1 AES, 2 LUKS), or a LUKS image that QEMU opens
+    (format ``luks``).  A raw disk whose *guest* encrypts its contents is
+    fine (the overlay holds ciphertext) and is not looked into.  An
     unreadable file is left to the later checks."""
-    if not path:
+    if fmt == "luks":
+        return "LUKS"
+    if not path or fmt not in (None, "qcow2"):
         return None
     try:
         with open(path, "rb") as f:
@@ -102,8 +105,6 @@ def image_encryption(path, fmt=None):
     if head.startswith(_QCOW2_MAGIC) and len(head) >= 36:
         method = int.from_bytes(head[32:36], "big")
         return {0: None, 1: "qcow2 AES"}.get(method, "qcow2 LUKS")
-    if head.startswith(_LUKS_MAGIC) or fmt == "luks":
-        return "LUKS"
     return None
 
 

@@ -335,3 +335,16 @@ def test_gc_on_a_cloud_without_an_image_service_skips_glance_once(guest, monkeyp
     assert gc.collect(dry_run=True, grace_s=0, notes=notes) == []
     assert notes == ["gc skipped Glance: the cloud's service catalog has no image service"]
     assert guest.backend.calls["list"] > lists_before  # Cinder is still collected
+
+
+def test_guest_side_encryption_on_a_raw_disk_is_not_refused(tmp_path):
+    """A raw disk whose guest runs LUKS inside it holds only ciphertext: its
+    overlay leaks nothing, so only QEMU-level encryption is refused."""
+    from cgsnap.tasks.hypervisor import image_encryption
+    raw = tmp_path / "guest-luks.raw"
+    raw.write_bytes(b"LUKS\xba\xbe" + b"\0" * 4096)
+    assert image_encryption(str(raw), "raw") is None
+    assert image_encryption(str(raw), "luks") == "LUKS"
+    qcow = tmp_path / "plain.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "1M"], check=True)
+    assert image_encryption(str(qcow), "qcow2") is None
