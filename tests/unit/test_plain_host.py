@@ -348,3 +348,17 @@ def test_guest_side_encryption_on_a_raw_disk_is_not_refused(tmp_path):
     qcow = tmp_path / "plain.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "1M"], check=True)
     assert image_encryption(str(qcow), "qcow2") is None
+
+
+def test_memory_precheck_dir_removed_when_a_later_precheck_fails(guest, qemu_like):
+    """CheckMemory makes the set's directory for the memory image; a later
+    pre-check failing must not leave it behind (volume-backed guest: no
+    local disk, so CheckMemory alone made it)."""
+    from cgsnap import api, faults
+    from cgsnap.tasks import local
+    faults.arm("task.CheckImageStore")
+    with pytest.raises(exception.CgsnapError):
+        api.create_snapshot_set(guest.name, all_volumes=True, memory=True)
+    root = os.path.dirname(local.set_dir("x"))
+    assert not os.path.exists(root) or os.listdir(root) == []
+    assert guest.backend.snapshots == {}
