@@ -67,13 +67,15 @@ def parse_disks(domain_xml, device="disk"):
     lowest per-disk ``<boot order>``; without one, the first disk of the
     domain XML (libvirt keeps disks grouped by bus, in the order the buses
     first appear, and by index within a bus, and gives the legacy
-    ``<os><boot dev='hd'/>`` to that first disk).  So a guest booting from
-    ``vda`` with a SCSI ``sda`` added later has root ``vda``, not ``sda``.
+    ``<os><boot dev='hd'/>`` to the first ``disk`` or ``lun`` device).  So a
+    guest booting from ``vda`` with a SCSI ``sda`` added later has root
+    ``vda``, not ``sda``; a guest that boots from a LUN has no root disk.
     """
     root = ET.fromstring(domain_xml)
     disks = []
     for el in root.findall("./devices/disk"):
-        if el.get("device", "disk") != device:
+        kind = el.get("device", "disk")
+        if kind not in ("disk", "lun"):
             continue
         target = el.find("target")
         if target is None:
@@ -101,12 +103,18 @@ def parse_disks(domain_xml, device="disk"):
             "encryption": (encryption.get("format") or "yes") if encryption is not None
             else None,
             "root": False,
+            "_kind": kind,
         })
-    if disks and device == "disk":
+    if disks:
         booted = [d for d in disks if d["boot_order"] is not None]
-        root_disk = min(booted, key=lambda d: d["boot_order"]) if booted else disks[0]
-        root_disk["root"] = True
+        boot_disk = min(booted, key=lambda d: d["boot_order"]) if booted else disks[0]
+        boot_disk["root"] = boot_disk["_kind"] == "disk"
+    disks = [d for d in disks if d.pop("_kind") == device]
+    if device == "disk":
         disks.sort(key=lambda d: (not d["root"], len(d["device"]), d["device"]))
+    else:
+        for d in disks:
+            d["root"] = False
     return disks
 
 

@@ -362,3 +362,11 @@ def test_memory_precheck_dir_removed_when_a_later_precheck_fails(guest, qemu_lik
     root = os.path.dirname(local.set_dir("x"))
     assert not os.path.exists(root) or os.listdir(root) == []
     assert guest.backend.snapshots == {}
+
+
+def test_a_guest_booting_from_a_lun_has_no_root_disk():
+    lun = ("<disk type='block' device='lun'><source dev='/dev/sdz'/>"
+           "<target dev='sda' bus='scsi'/></disk>\n")
+    xml = _domain("j", testing.new_instance_id(), [lun, _disk("sdb", "/x/b", bus="scsi")])
+    assert [d["root"] for d in libvirt_driver.parse_disks(xml)] == [False]
+    assert [d["device"] for d in libvirt_driver.parse_disks(xml, device="lun")] == ["sda"]
