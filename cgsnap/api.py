@@ -98,7 +98,7 @@ def _options(**kwargs):
 
 def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volumes=(),
                         exclude_root=False, allow_crash_consistent=None, timeout=None,
-                        idempotency_key=None, memory=False):
+                        idempotency_key=None, memory=False, allow_shared_volumes=False):
     """Take one instance-level snapshot set; return its manifest.
 
     Raises a :class:`~cgsnap.exception.CgsnapError` (with its exit code) on
@@ -120,6 +120,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        exclude_root=bool(exclude_root),
                        allow_crash_consistent=bool(allow_crash_consistent),
                        idempotency_key=idempotency_key, memory=bool(memory),
+                       allow_shared_volumes=bool(allow_shared_volumes) or None,
                        freeze_timeout=timeout or CONF.libvirt.freeze_timeout,
                        local_disks=CONF.snapshot.local_disks,
                        wait_timeout=CONF.snapshot.wait_timeout)

@@ -59,12 +59,23 @@ def is_uuid(text):
     return bool(_UUID_RE.match(text or ""))
 
 
-def parse_disks(domain_xml):
-    """Disks (device='disk' only) from a domain XML, root disk first."""
+def parse_disks(domain_xml, device="disk"):
+    """Disks of one ``device`` type (``disk``, or ``lun`` for SCSI passthrough)
+    from a domain XML; for ``disk``, the root disk first.
+
+    The root is the disk the guest boots from, as libvirt decides it: the
+    lowest per-disk ``<boot order>``; without one, the first disk of the
+    domain XML (libvirt keeps disks grouped by bus, in the order the buses
+    first appear, and by index within a bus, and gives the legacy
+    ``<os><boot dev='hd'/>`` to the first ``disk`` or ``lun`` device).  So a
+    guest booting from ``vda`` with a SCSI ``sda`` added later has root
+    ``vda``, not ``sda``; a guest that boots from a LUN has no root disk.
+    """
     root = ET.fromstring(domain_xml)
     disks = []
     for el in root.findall("./devices/disk"):
-        if el.get("device", "disk") != "disk":
+        kind = el.get("device", "disk")
+        if kind not in ("disk", "lun"):
             continue
         target = el.find("target")
         if target is None:
@@ -77,6 +88,10 @@ def parse_disks(domain_xml):
         drv = el.find("driver")
         boot = el.find("boot")
         serial = el.findtext("serial")
+        # <encryption> sits in <source> (current libvirt) or in <disk> (older).
+        encryption = el.find("./source/encryption")
+        if encryption is None:
+            encryption = el.find("encryption")
         disks.append({
             "device": target.get("dev"),
             "bus": target.get("bus"),
@@ -85,15 +100,21 @@ def parse_disks(domain_xml):
             "source": source,
             "format": drv.get("type") if drv is not None else None,
             "boot_order": int(boot.get("order")) if boot is not None else None,
+            "encryption": (encryption.get("format") or "yes") if encryption is not None
+            else None,
             "root": False,
+            "_kind": kind,
         })
     if disks:
-        # Root: the disk with the lowest boot order, else the first target name (vda/sda).
         booted = [d for d in disks if d["boot_order"] is not None]
-        root_disk = (min(booted, key=lambda d: d["boot_order"]) if booted
-                     else min(disks, key=lambda d: (len(d["device"]), d["device"])))
-        root_disk["root"] = True
+        boot_disk = min(booted, key=lambda d: d["boot_order"]) if booted else disks[0]
+        boot_disk["root"] = boot_disk["_kind"] == "disk"
+    disks = [d for d in disks if d.pop("_kind") == device]
+    if device == "disk":
         disks.sort(key=lambda d: (not d["root"], len(d["device"]), d["device"]))
+    else:
+        for d in disks:
+            d["root"] = False
     return disks
 
 
@@ -124,11 +145,13 @@ class LibvirtHypervisor:
     def get_instance(self, ref):
         dom = self._domain(ref)
         faults.point("hypervisor.get_instance")
+        xml = dom.XMLDesc(0)
         return {
             "id": dom.UUIDString(),
             "name": dom.name(),
             "active": bool(dom.isActive()),
-            "disks": parse_disks(dom.XMLDesc(0)),
+            "disks": parse_disks(xml),
+            "luns": parse_disks(xml, device="lun"),
         }
 
     def _agent_call(self, instance_id, what, fn):

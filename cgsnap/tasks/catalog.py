@@ -62,7 +62,7 @@ class FinalizeSet(CgsnapTask):
     default_provides = "result"
 
     def execute(self, manifest, agent, freeze, thaw, volume_cut, volume_snapshots,
-                local_copies, root_images, memory_image):
+                local_copies, root_images, memory_image, shared_volumes=()):
         self.fault_point()
         doc = dict(manifest)
         by_name = {s["name"]: s for s in volume_snapshots}
@@ -80,6 +80,9 @@ class FinalizeSet(CgsnapTask):
             if copy:
                 m.update(path=copy["path"], status="available",
                          size_gb=max(1, -(-copy["size_bytes"] // (1 << 30))))
+            if m.get("volume_id") and m["volume_id"] in (shared_volumes or ()):
+                # --allow-shared-volumes: another instance may write to it
+                m["consistency"] = manifest_mod.CONSISTENCY_CRASH
             members.append(m)
         doc["members"] = members
         doc["status"] = manifest_mod.STATUS_AVAILABLE
@@ -99,6 +102,9 @@ class FinalizeSet(CgsnapTask):
         doc["group_snapshot"] = volume_cut["group_snapshot"]
         if not agent["reachable"] and not agent.get("skipped"):
             doc["status_reason"] = f"crash-consistent: {agent['error']}"
+        elif shared_volumes:
+            doc["status_reason"] = ("crash-consistent members (volumes shared with another "
+                                    "instance): " + ", ".join(shared_volumes))
         return _catalog().save(doc)
 
 

@@ -6,7 +6,8 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, guard, state
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, guard, plan, state
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask, is_failure
@@ -28,20 +29,83 @@ class DiscoverInstance(CgsnapTask):
 
 
 class CheckRootDisk(CgsnapTask):
-    """Refuse an image-backed root before any freeze when the hypervisor
-    cannot take the disk-only snapshot its capture to Glance needs (libvirt's
-    test driver).  ``--exclude-root`` skips the root."""
+    """Before anything is frozen or created, refuse a plan that cannot work:
 
-    def execute(self, manifest):
+    * a set that would capture nothing (every disk excluded or skipped);
+    * an image-backed root when the hypervisor cannot take the disk-only
+      snapshot its capture to Glance needs (libvirt's test driver), or when
+      this host has no Glance to upload it to (a plain libvirt host: no
+      OpenStack credentials) - the message says what to do instead;
+    * an encrypted file-backed disk: its overlay and its copy would be
+      written unencrypted.
+
+    ``--exclude-root`` skips the root."""
+
+    def execute(self, manifest, instance, options):
         self.fault_point()
+        empty = plan.nothing_captured(manifest, options, instance)
+        if empty:
+            raise exception.Refused(empty)
+        hyp = self.drivers.hypervisor
         for member in manifest["members"]:
-            if (member["role"] == "root" and member["kind"] == manifest_mod.KIND_GLANCE_IMAGE
-                    and not self.drivers.hypervisor.supports_disk_snapshots()):
+            if member["role"] != "root" or member["kind"] != manifest_mod.KIND_GLANCE_IMAGE:
+                continue
+            if not hyp.supports_disk_snapshots():
                 raise exception.Refused(
                     f"root disk {member['device']} of instance {manifest['instance_name']} is "
-                    f"image-backed and {self.drivers.hypervisor.uri} cannot take the disk-only "
+                    f"image-backed and {hyp.uri} cannot take the disk-only "
                     "snapshot needed to capture it: use --exclude-root to snapshot only the "
                     "volumes")
+            why = drivers_mod.unavailable("images", self.drivers)
+            if why:
+                raise exception.Refused(
+                    f"root disk {member['device']} of instance {manifest['instance_name']} is "
+                    "file-backed with no Cinder volume serial, so it would be uploaded to "
+                    f"Glance, but {why}: on a host without OpenStack set "
+                    "'[snapshot] local_disks = qcow2' to keep local qcow2 copies (or use "
+                    "--exclude-root); with OpenStack, give its credentials")
+        self._refuse_encrypted(manifest, instance)
+
+    @staticmethod
+    def _refuse_encrypted(manifest, instance):
+        disks = {d["device"]: d for d in instance["disks"]}
+        for member in manifest["members"]:
+            if member["kind"] not in (manifest_mod.KIND_LOCAL_QCOW2,
+                                      manifest_mod.KIND_GLANCE_IMAGE):
+                continue
+            disk = disks.get(member["device"]) or {}
+            how = (f"<encryption format='{disk['encryption']}'>" if disk.get("encryption")
+                   else image_encryption(disk.get("source"), disk.get("format")))
+            if how:
+                raise exception.Refused(
+                    f"disk {member['device']} of instance {manifest['instance_name']} is "
+                    f"encrypted ({how}): its overlay and copy would be written unencrypted; "
+                    "cgsnap does not capture encrypted local disks (exclude it, or keep that "
+                    "data on a Cinder volume)")
+
+
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+def image_encryption(path, fmt=None):
+    """The encryption a disk image carries in its own header, or None: a qcow2
+    header's crypt_method (1 AES, 2 LUKS), or a LUKS image that QEMU opens
+    (format ``luks``).  A raw disk whose *guest* encrypts its contents is
+    fine (the overlay holds ciphertext) and is not looked into.  An
+    unreadable file is left to the later checks."""
+    if fmt == "luks":
+        return "LUKS"
+    if not path or fmt not in (None, "qcow2"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(36)
+    except OSError:
+        return None
+    if head.startswith(_QCOW2_MAGIC) and len(head) >= 36:
+        method = int.from_bytes(head[32:36], "big")
+        return {0: None, 1: "qcow2 AES"}.get(method, "qcow2 LUKS")
+    return None
 
 
 class CheckAgent(CgsnapTask):
@@ -95,6 +159,10 @@ class CheckMemory(CgsnapTask):
             raise exception.Refused(f"{out_dir} has {free >> 20} MiB free; the memory image "
                                     f"needs up to {need >> 20} MiB")
         return dict(facts, path=os.path.join(out_dir, "memory.img"))
+
+    def revert(self, set_id, **kwargs):
+        from cgsnap.tasks import local
+        local.remove_empty_set_dir(set_id)  # made above; a later pre-check failed
 
 
 class StartThawGuard(CgsnapTask):

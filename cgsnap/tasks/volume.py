@@ -7,7 +7,8 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, faults, naming, progress, quota, wait
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, faults, naming, plan, progress, quota, wait
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask
@@ -37,12 +38,18 @@ def volume_members(manifest):
 class CheckVolumes(CgsnapTask):
     """Every volume exists, is ``in-use`` and is attached to this instance.
 
-    Provides each volume's size (for the quota check) and Cinder group (for
-    :class:`ChooseVolumeCut`)."""
+    A (multiattach) volume also attached to another instance is refused
+    unless ``--allow-shared-volumes``: the freeze does not quiesce the other
+    instance's writes, so its snapshot is at best crash-consistent.  When
+    allowed, its id is in ``shared_volumes`` and the manifest records that
+    member as crash-consistent.
 
-    default_provides = ("volume_sizes", "volume_groups")
+    Provides each volume's size (for the quota check), Cinder group (for
+    :class:`ChooseVolumeCut`) and the shared volumes."""
 
-    def execute(self, instance, manifest):
+    default_provides = ("volume_sizes", "volume_groups", "shared_volumes")
+
+    def execute(self, instance, manifest, options):
         self.fault_point()
         attached = {d["serial"] for d in instance["disks"] if d["serial"]}
         for vid in manifest["excluded_volumes"]:
@@ -50,10 +57,10 @@ class CheckVolumes(CgsnapTask):
                 raise exception.Refused(
                     f"--exclude-volume {vid}: no such volume is attached to instance "
                     f"{instance['name']}")
-        sizes, groups = {}, {}
+        sizes, groups, shared = {}, {}, []
         members = volume_members(manifest)
         if not members:  # a plain libvirt host may have no volume service at all
-            return sizes, groups
+            return sizes, groups, shared
         found = self.drivers.volumes.get_volumes([m["volume_id"] for m in members])
         for member in members:
             vid = member["volume_id"]
@@ -70,9 +77,17 @@ class CheckVolumes(CgsnapTask):
                 raise exception.Refused(
                     f"volume {vid} (disk {member['device']}) is attached to {owner} in Cinder, "
                     f"not to {instance['id']}")
+            if others and not options.get("allow_shared_volumes"):
+                raise exception.Refused(
+                    f"volume {vid} (disk {member['device']}) is also attached to instance "
+                    f"{', '.join(others)}: freezing {instance['name']} does not stop writes "
+                    "from there, so its snapshot would only be crash-consistent; use "
+                    "--allow-shared-volumes to take it anyway (recorded as crash-consistent)")
+            if others:
+                shared.append(vid)
             sizes[vid] = vol["size_gb"]
             groups[vid] = vol.get("group_id")
-        return sizes, groups
+        return sizes, groups, shared
 
 
 CUT_GROUP = "group"          # one Cinder group snapshot cuts every volume member
@@ -345,6 +360,12 @@ class DeleteVolumeSnapshots(CgsnapTask):
 
     def execute(self, set_id, manifest):
         self.fault_point()
-        if not volume_members(manifest):
+        members = volume_members(manifest)
+        if not members:
+            return 0
+        why = drivers_mod.unavailable("volumes", self.drivers)
+        if why and plan.never_created_in(manifest, members):
+            LOG.info("set %s: Cinder not asked (%s); the set never created a snapshot",
+                     set_id, why)
             return 0
         return delete_set_snapshots(self.drivers.volumes, set_id, CONF.snapshot.cleanup_timeout)
