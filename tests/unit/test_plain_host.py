@@ -14,9 +14,11 @@ import subprocess
 
 import pytest
 
-from cgsnap import exception, testing
+from cgsnap import exception
 from cgsnap.cli import main as cli
 from cgsnap.drivers import libvirt_driver
+
+from .. import lab as testlab
 
 OS_VARS = ("OS_CLOUD", "OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_PROJECT_NAME",
            "OS_CLIENT_CONFIG_FILE", "OS_TOKEN", "OS_AUTH_TYPE")
@@ -47,14 +49,14 @@ class PlainHost:
         monkeypatch.chdir(tmp_path)             # no ./clouds.yaml, no ./cgsnap.conf
         self.tmp = tmp_path
         self.name = name
-        self.id = testing.new_instance_id()
+        self.id = testlab.new_instance_id()
         if disks is None:
             disks = []
             for dev in ("vda", "vdb", "vdc", "vdd"):
                 path = tmp_path / f"{dev}.qcow2"
                 path.write_bytes(b"\0" * 4096)
                 disks.append(_disk(dev, path))
-        self.uri = testing.write_node(str(tmp_path / "node.xml"),
+        self.uri = testlab.write_node(str(tmp_path / "node.xml"),
                                       [_domain(name, self.id, disks)])
         self.state = tmp_path / "clistate"
         self.conf = tmp_path / "cgsnap.conf"
@@ -185,22 +187,22 @@ def test_help_lists_the_real_config_search_and_what_all_volumes_takes(plain, cap
 def test_root_is_the_disk_libvirt_boots_not_the_first_name(tmp_path):
     # libvirt groups disks by bus in the order the buses first appear; with
     # <os><boot dev='hd'/> it boots the first disk of that list (here vda).
-    xml = _domain("g", testing.new_instance_id(),
+    xml = _domain("g", testlab.new_instance_id(),
                   [_disk("vda", "/x/a"), _disk("sda", "/x/s", bus="scsi")],
                   os_boot="<boot dev='hd'/>")
-    uri = testing.write_node(str(tmp_path / "n.xml"), [xml])
+    uri = testlab.write_node(str(tmp_path / "n.xml"), [xml])
     dom = libvirt_driver.connection(uri).lookupByName("g")
     disks = libvirt_driver.parse_disks(dom.XMLDesc(0))
     assert [d["device"] for d in disks if d["root"]] == ["vda"]
     # scsi first in the XML: libvirt boots sda
-    xml = _domain("h", testing.new_instance_id(),
+    xml = _domain("h", testlab.new_instance_id(),
                   [_disk("sda", "/x/s", bus="scsi"), _disk("vda", "/x/a")])
-    uri = testing.write_node(str(tmp_path / "m.xml"), [xml])
+    uri = testlab.write_node(str(tmp_path / "m.xml"), [xml])
     dom = libvirt_driver.connection(uri).lookupByName("h")
     assert [d["device"] for d in libvirt_driver.parse_disks(dom.XMLDesc(0))
             if d["root"]] == ["sda"]
     # a per-disk boot order wins
-    xml = _domain("i", testing.new_instance_id(),
+    xml = _domain("i", testlab.new_instance_id(),
                   [_disk("vda", "/x/a", boot=2), _disk("sda", "/x/s", bus="scsi", boot=1)])
     assert [d["device"] for d in libvirt_driver.parse_disks(xml) if d["root"]] == ["sda"]
 
@@ -256,7 +258,7 @@ def test_lun_disks_are_listed_in_skipped_disks(tmp_path, monkeypatch, qemu_like)
 
 def _share_one_volume(guest):
     vid = guest.volume_ids[0]
-    guest.backend.volumes[vid]["attached_to"].append(testing.new_instance_id())
+    guest.backend.volumes[vid]["attached_to"].append(testlab.new_instance_id())
     return vid
 
 
@@ -367,6 +369,6 @@ def test_memory_precheck_dir_removed_when_a_later_precheck_fails(guest, qemu_lik
 def test_a_guest_booting_from_a_lun_has_no_root_disk():
     lun = ("<disk type='block' device='lun'><source dev='/dev/sdz'/>"
            "<target dev='sda' bus='scsi'/></disk>\n")
-    xml = _domain("j", testing.new_instance_id(), [lun, _disk("sdb", "/x/b", bus="scsi")])
+    xml = _domain("j", testlab.new_instance_id(), [lun, _disk("sdb", "/x/b", bus="scsi")])
     assert [d["root"] for d in libvirt_driver.parse_disks(xml)] == [False]
     assert [d["device"] for d in libvirt_driver.parse_disks(xml, device="lun")] == ["sda"]
