@@ -425,18 +425,25 @@ class Guard:
         _prune_records(os.path.dirname(record_path))
         if process is None:
             process = not uri.startswith("test:")
-        if process:
-            self._start_process(uri, instance_id, agent_timeout)
-        else:
+        if not process:
             self._start_thread(uri, instance_id, agent_timeout)
+        elif _systemd_is_init():
+            try:  # a transient scope of its own; if systemd will not, move by cgroupfs
+                self._start_process(uri, instance_id, agent_timeout, scope=True)
+                self._expect("ready", READY_TIMEOUT)
+                return
+            except exception.QuiesceFailed:
+                self._start_process(uri, instance_id, agent_timeout)
+        else:
+            self._start_process(uri, instance_id, agent_timeout)
         self._expect("ready", READY_TIMEOUT)
 
     # -- transports -----------------------------------------------------------
-    def _start_process(self, uri, instance_id, agent_timeout):
+    def _start_process(self, uri, instance_id, agent_timeout, scope=False):
         argv = [sys.executable, "-I", "-m", "cgsnap.guard", uri, instance_id,
                 self.record_path, str(agent_timeout)]
         env = dict(os.environ)
-        if _systemd_is_init():
+        if scope:
             argv = ["systemd-run", "--scope", "--quiet", "--collect",
                     f"--unit=cgsnap-guard-{os.getpid()}-{int(time.time() * 1000)}", *argv]
             env["CGSNAP_GUARD_SCOPE"] = "1"
