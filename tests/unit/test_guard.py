@@ -147,6 +147,23 @@ def test_slow_creates_time_out_at_the_freeze_deadline(make_guest):
     assert time.monotonic() - t0 >= 1.5
 
 
+def test_the_message_gives_the_time_the_guest_was_really_frozen(guest):
+    # cgsnap hangs 1.5 s in the window; the guard thaws at 0.5 + 0.2 s.  The
+    # message must say 0.7 s (freeze to the guard's thaw), not 1.5 s.
+    CONF.set_override("thaw_guard_margin", 0.2, group="libvirt")
+    faults.arm("task.SnapshotVolumes", "hang=1.5")
+    try:
+        with pytest.raises(exception.CgsnapError) as err:
+            api.create_snapshot_set(guest.name, timeout=0.5)
+    finally:
+        CONF.clear_override("thaw_guard_margin", group="libvirt")
+    msg = str(err.value)
+    assert err.value.exit_code == exception.EXIT_SNAPSHOT_FAILED, msg
+    assert "thawed by the thaw guard" in msg, msg
+    held = float(msg.split("the guest was frozen for ")[1].split("s")[0])
+    assert 0.6 <= held < 1.0, msg
+
+
 def test_a_window_past_its_deadline_is_never_filesystem_consistent(guest):
     CONF.set_override("thaw_guard_margin", 10.0, group="libvirt")
     faults.arm("task.ThawGuest", "hang=0.8")
