@@ -207,7 +207,7 @@ class SnapshotVolumes(CgsnapTask):
             return {"mode": mode, "snapshots": [], "group_snapshot": None}
         window = _Window(freeze, options)
         if mode == CUT_GROUP:
-            return self._group(set_id, volume_cut_plan, window)
+            return self._group(set_id, manifest, volume_cut_plan, window)
         return self._per_volume(set_id, manifest, window)
 
     def _per_volume(self, set_id, manifest, window):
@@ -251,7 +251,7 @@ class SnapshotVolumes(CgsnapTask):
         return {"mode": CUT_PER_VOLUME, "group_snapshot": None,
                 "snapshots": [_member_view(s) for s in snaps]}
 
-    def _group(self, set_id, plan, window):
+    def _group(self, set_id, manifest, plan, window):
         vols = self.drivers.volumes
         fut = executor().submit(vols.create_group_snapshot, plan["group_id"], plan["name"],
                                 plan["description"])
@@ -259,8 +259,8 @@ class SnapshotVolumes(CgsnapTask):
         try:
             gs = fut.result(window.remaining())
         except concurrent.futures.TimeoutError:
-            raise window.timeout([], f"the group snapshot of group {plan['group_id']} was "
-                                     "not created") from None
+            raise window.timeout(volume_members(manifest), f"the group snapshot of group "
+                                 f"{plan['group_id']} was not created") from None
         faults.point("task.SnapshotVolumes.created")
         progress.report("waiting for the group snapshot")
         try:
@@ -268,7 +268,8 @@ class SnapshotVolumes(CgsnapTask):
                              lambda g: g["status"] != "creating",
                              what=f"group snapshot {gs['id']}")
         except exception.WaitTimeout:
-            raise window.timeout([], f"group snapshot {gs['id']} still creating") from None
+            raise window.timeout(volume_members(manifest),
+                                 f"group snapshot {gs['id']} still creating") from None
         if gs["status"] != "available":
             raise exception.SnapshotFailed(
                 f"group snapshot {gs['id']} of group {plan['group_id']} went to "
