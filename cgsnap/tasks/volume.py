@@ -206,6 +206,11 @@ class SnapshotVolumes(CgsnapTask):
         if mode == CUT_NONE:
             return {"mode": mode, "snapshots": [], "group_snapshot": None}
         window = _Window(freeze, options)
+        if window.frozen and not window.remaining():
+            # Past the deadline the guard may have thawed already: a cut now
+            # would not be consistent, so none is started.
+            raise window.timeout(volume_members(manifest), "the deadline passed before the "
+                                 "snapshots were started")
         if mode == CUT_GROUP:
             return self._group(set_id, manifest, volume_cut_plan, window)
         return self._per_volume(set_id, manifest, window)
