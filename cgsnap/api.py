@@ -189,9 +189,10 @@ def _reached_side_effects(engine):
 
 
 def _ensure_thawed(engine, drv, instance):
-    """Second line of defence: if the freeze may have happened, thaw again.
+    """Second line of defence: if the freeze (or the ``--memory`` pause) may
+    have happened, thaw (and resume) again.
 
-    FreezeGuest.revert already thaws; this covers an engine stopped by an
+    FreezeGuest.revert already does; this covers an engine stopped by an
     exception that bypassed the reverts (KeyboardInterrupt, a bug)."""
     try:
         atom_state = engine.storage.get_atom_state("FreezeGuest")
@@ -205,6 +206,16 @@ def _ensure_thawed(engine, drv, instance):
             LOG.warning("safety net thawed %d filesystems of %s", n, instance["name"])
     except Exception as e:
         LOG.error("safety net could not thaw %s: %s", instance["name"], e)
+    try:  # --memory pauses instead: resume (a no-op unless the guest is paused)
+        memory = engine.storage.fetch("options").get("memory")
+    except Exception:  # noqa: BLE001 - unknown: assume it may have paused
+        memory = True
+    if memory:
+        try:
+            if drv.hypervisor.resume(instance["id"]):
+                LOG.warning("safety net resumed %s", instance["name"])
+        except Exception as e:
+            LOG.error("safety net could not resume %s: %s", instance["name"], e)
 
 
 def _verify_nothing_left(drv, cat, set_id):

@@ -55,6 +55,23 @@ def connection(uri):
         return conn
 
 
+def reset_connection(uri):
+    """Forget the cached connection to ``uri`` (after an error: libvirtd may
+    have restarted), so the next call opens a new one."""
+    with _conn_lock:
+        conn = _conns.pop(uri, None)
+    if conn is not None:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+# libvirt's test driver has no guest agent to ask: what this process froze and
+# thawed through the driver stands in for guest-fsfreeze-status.
+_test_frozen = {}
+
+
 def is_uuid(text):
     return bool(_UUID_RE.match(text or ""))
 
@@ -176,15 +193,69 @@ class LibvirtHypervisor:
 
     def freeze(self, instance_id):
         faults.point("hypervisor.freeze")
-        n = self._agent_call(instance_id, "freeze", lambda dom: dom.fsFreeze())
+        n = self._agent_call(instance_id, "freeze", self._test_tracked(instance_id, True,
+                                                                        lambda d: d.fsFreeze()))
         faults.point("hypervisor.freeze.after")
         return int(n)
 
     def thaw(self, instance_id):
         faults.point("hypervisor.thaw")
-        n = self._agent_call(instance_id, "thaw", lambda dom: dom.fsThaw())
+        n = self._agent_call(instance_id, "thaw", self._test_tracked(instance_id, False,
+                                                                      lambda d: d.fsThaw()))
         faults.point("hypervisor.thaw.after")
         return int(n)
+
+    def _test_tracked(self, instance_id, frozen, fn):
+        """On test://, remember the freeze state a successful call leaves."""
+        def call(dom):
+            out = fn(dom)
+            if self.uri.startswith("test:"):
+                key = (self.uri, dom.UUIDString())
+                if frozen and out:
+                    _test_frozen[key] = True
+                elif not frozen:
+                    _test_frozen.pop(key, None)
+            return out
+        return call
+
+    def freeze_status(self, instance_id):
+        """``"frozen"`` or ``"thawed"``, as the guest agent reports it
+        (``guest-fsfreeze-status``).  Raises InstanceNotFound when the domain
+        is gone and AgentUnreachable/QuiesceFailed when nobody answers.  A
+        domain that is not running is ``"thawed"`` (nothing in it is frozen).
+
+        On libvirt's test driver, which has no agent, it is what this process
+        did through :meth:`freeze` and :meth:`thaw`."""
+        faults.point("hypervisor.freeze_status")
+        dom = self._domain(instance_id)
+        if self.uri.startswith("test:"):
+            return "frozen" if _test_frozen.get((self.uri, dom.UUIDString())) else "thawed"
+        try:
+            if not dom.isActive():
+                return "thawed"
+        except libvirt.libvirtError as e:
+            raise exception.QuiesceFailed(f"cannot read the state of {instance_id}: "
+                                          f"{e.get_error_message()}") from None
+        import json
+
+        import libvirt_qemu
+        cmd = json.dumps({"execute": "guest-fsfreeze-status"})
+        out = self._agent_call(instance_id, "freeze status", lambda d: libvirt_qemu.
+                               qemuAgentCommand(d, cmd, self.agent_timeout, 0))
+        status = json.loads(out).get("return")
+        if status not in ("frozen", "thawed"):
+            raise exception.QuiesceFailed(f"guest agent of {instance_id} reported freeze "
+                                          f"status {status!r}")
+        return status
+
+    def is_paused(self, instance_id):
+        """Whether the domain is paused (raises InstanceNotFound if it is gone)."""
+        dom = self._domain(instance_id)
+        try:
+            return dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        except libvirt.libvirtError as e:
+            raise exception.SnapshotFailed(f"cannot read the state of {instance_id}: "
+                                           f"{e.get_error_message()}") from None
 
     # -- local (file-backed) disks: external snapshots, real hypervisors only ----
     def supports_disk_snapshots(self):

@@ -166,17 +166,19 @@ class CheckMemory(CgsnapTask):
 
 
 class StartThawGuard(CgsnapTask):
-    """Before the freeze: start the out-of-process thaw guard (see
-    :mod:`cgsnap.guard`), so no guest outlives cgsnap frozen."""
+    """Before the freeze (or the pause, with ``--memory``): start the
+    out-of-process thaw guard (see :mod:`cgsnap.guard`), so no guest outlives
+    cgsnap frozen or paused."""
 
     default_provides = "thaw_guard"
 
-    def execute(self, set_id, instance, agent):
+    def execute(self, set_id, instance, agent, options):
         self.fault_point()
-        if not agent["reachable"] or not CONF.libvirt.thaw_guard:
+        if not CONF.libvirt.thaw_guard or not (agent["reachable"] or options.get("memory")):
             return {"enabled": False}
-        record = os.path.join(state.state_dir(), "guards", f"{set_id}.json")
-        g = guard.start(set_id, self.drivers.hypervisor.uri, instance["id"], record)
+        record = guard.record_path(state.state_dir(), set_id)
+        g = guard.start(set_id, self.drivers.hypervisor.uri, instance["id"], record,
+                        CONF.libvirt.agent_timeout)
         return {"enabled": True, "pid": g.pid, "record": record}
 
     def revert(self, set_id, **kwargs):
@@ -186,12 +188,49 @@ class StartThawGuard(CgsnapTask):
             LOG.error("revert: could not stop the thaw guard of %s: %s", set_id, e)
 
 
+def _arm(set_id, thaw_guard, options, mode):
+    if not thaw_guard["enabled"]:
+        return
+    g = guard.get(set_id)
+    if g is None:
+        raise exception.QuiesceFailed("the thaw guard is not running; not freezing")
+    g.arm(options["freeze_timeout"] + CONF.libvirt.thaw_guard_margin, mode)
+
+
+def _window(started_at, started, options, mode, frozen, **extra):
+    """The freeze result: one absolute monotonic deadline, counted from the
+    moment the freeze (pause) call returned, bounds everything in the window."""
+    frozen_mono = time.monotonic()
+    return dict({"mode": mode, "frozen": frozen, "started_at": started_at,
+                 "frozen_at": manifest_mod.isotime(), "started_mono": started,
+                 "frozen_mono": frozen_mono, "timeout_s": options["freeze_timeout"],
+                 "deadline_mono": frozen_mono + options["freeze_timeout"]}, **extra)
+
+
+def _disarm(set_id, instance, what):
+    """Disarm the guard after cgsnap's own thaw/resume.  Returns ``(outcome,
+    fired_mono)``; the guard is stopped unless it is still armed, in which
+    case it is left running (it keeps thawing until the agent confirms)."""
+    g = guard.get(set_id)
+    if g is None:
+        return "off", None
+    outcome, fired_mono = g.disarm()
+    if outcome == guard.ARMED:
+        LOG.error("the guest agent has not confirmed the %s of %s: the thaw guard (pid %s) "
+                  "stays armed and keeps trying", what, instance["name"], g.pid)
+    guard.stop(set_id)
+    return outcome, fired_mono
+
+
 class FreezeGuest(CgsnapTask):
     """Freeze the guest's filesystems.  Its revert thaws, on every path.
 
     A freeze the agent attempts and fails is an error even with
     ``--allow-crash-consistent``: a half-done freeze is a broken agent state,
     not an unreachable agent (see Proxmox's experience with partial freezes).
+    A freeze that froze no filesystem is not a filesystem-consistent cut: it
+    fails, or with ``--allow-crash-consistent`` the set is recorded ``crash``
+    with the reason.
     """
 
     default_provides = "freeze"
@@ -199,49 +238,74 @@ class FreezeGuest(CgsnapTask):
     def execute(self, set_id, instance, agent, options, thaw_guard):
         self.fault_point()
         if options.get("memory"):
+            _arm(set_id, thaw_guard, options, guard.MODE_RESUME)
             started_at, started = manifest_mod.isotime(), time.monotonic()
             self.drivers.hypervisor.pause(instance["id"])
-            return {"mode": manifest_mod.CONSISTENCY_MEMORY, "frozen": 0,
-                    "started_at": started_at, "frozen_at": manifest_mod.isotime(),
-                    "started_mono": started}
+            return _window(started_at, started, options, manifest_mod.CONSISTENCY_MEMORY, 0)
         if not agent["reachable"]:
             return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0,
                     "started_at": None, "frozen_at": None, "started_mono": None}
-        if thaw_guard["enabled"]:
-            g = guard.get(set_id)
-            if g is None:
-                raise exception.QuiesceFailed("the thaw guard is not running; not freezing")
-            g.arm(options["freeze_timeout"] + CONF.libvirt.thaw_guard_margin)
+        _arm(set_id, thaw_guard, options, guard.MODE_THAW)
         started_at = manifest_mod.isotime()
         started = time.monotonic()
         frozen = self.drivers.hypervisor.freeze(instance["id"])
-        return {"mode": manifest_mod.CONSISTENCY_FILESYSTEM, "frozen": frozen,
-                "started_at": started_at, "frozen_at": manifest_mod.isotime(),
-                "started_mono": started}
+        if frozen:
+            return _window(started_at, started, options, manifest_mod.CONSISTENCY_FILESYSTEM,
+                           frozen)
+        reason = f"the guest agent of {instance['name']} froze 0 filesystems"
+        if not options.get("allow_crash_consistent"):
+            raise exception.QuiesceFailed(
+                f"{reason}; use --allow-crash-consistent to take a crash-consistent set")
+        LOG.warning("%s; taking a crash-consistent set as allowed", reason)
+        self.drivers.hypervisor.thaw(instance["id"])  # harmless; the guard wants a thaw
+        if _disarm(set_id, instance, "thaw")[0] == guard.ARMED:
+            raise exception.QuiesceFailed(f"{reason}, and its thaw was not confirmed")
+        return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0, "reason": reason,
+                "started_at": None, "frozen_at": None, "started_mono": None}
 
-    def revert(self, set_id, instance, agent, options, result, **kwargs):
-        if options.get("memory"):
-            try:
-                self.drivers.hypervisor.resume(instance["id"])
-            except Exception as e:  # log and swallow: later reverts must still run
-                LOG.error("revert: could not resume %s: %s", instance["name"], e)
+    def revert(self, set_id, instance, agent, options, result, flow_failures=None, **kwargs):
+        memory = options.get("memory")
+        if not memory and not agent.get("reachable"):
             return
-        if not agent.get("reachable"):
+        if not memory and not is_failure(result) and not result.get("frozen"):
             return
-        if not is_failure(result) and not result.get("frozen"):
-            return
-        # A failed freeze may have frozen some filesystems: thaw anyway.
+        what = "resume" if memory else "thaw"
         try:
-            thawed = self.drivers.hypervisor.thaw(instance["id"])
-            LOG.info("revert: thawed %s filesystems of %s", thawed, instance["name"])
+            if memory:
+                self.drivers.hypervisor.resume(instance["id"])
+            else:  # a failed freeze may have frozen some filesystems: thaw anyway
+                thawed = self.drivers.hypervisor.thaw(instance["id"])
+                LOG.info("revert: thawed %s filesystems of %s", thawed, instance["name"])
         except Exception as e:  # log and swallow: later reverts must still run
-            LOG.error("revert: could not thaw %s: %s", instance["name"], e)
-        g = guard.get(set_id)
-        if g is not None:
-            try:
-                g.disarm()
-            except Exception as e:  # the guard thaws on close if still armed
-                LOG.error("revert: could not disarm the thaw guard: %s", e)
+            LOG.error("revert: could not %s %s: %s", what, instance["name"], e)
+        ended = time.monotonic()
+        try:
+            outcome, fired_mono = _disarm(set_id, instance, what)
+        except Exception as e:  # the guard stays armed: it thaws on its own
+            LOG.error("revert: could not disarm the thaw guard: %s", e)
+            outcome, fired_mono = guard.ARMED, None
+        if not is_failure(result) and result.get("started_mono") is not None:
+            _tell_frozen_time(flow_failures, result, outcome, fired_mono or ended)
+
+
+def _tell_frozen_time(flow_failures, freeze, outcome, thawed_mono):
+    """Add to a window failure's message how long the guest was really
+    frozen: from the freeze call to the thaw that ended it (cgsnap's or the
+    guard's)."""
+    if outcome == guard.ARMED:
+        note = "; the guest is not confirmed thawed yet: the thaw guard keeps thawing it"
+    else:
+        held = thawed_mono - freeze["started_mono"]
+        by = "the thaw guard" if outcome == guard.FIRED else "cgsnap"
+        note = (f"; the guest was frozen for {held:.1f}s (freeze_timeout "
+                f"{freeze['timeout_s']:g}s), thawed by {by}")
+    for fail in (flow_failures or {}).values():
+        exc = getattr(fail, "exception", None)
+        if isinstance(exc, exception.CgsnapError) and exc.details.get("in_window") \
+                and "the guest was frozen for" not in exc.message:
+            exc.message += note
+            if hasattr(fail, "_exception_str"):
+                fail._exception_str = exc.message
 
 
 class ThawGuest(CgsnapTask):
@@ -252,22 +316,32 @@ class ThawGuest(CgsnapTask):
     def execute(self, set_id, instance, freeze, thaw_guard):
         self.fault_point()
         if freeze["mode"] == manifest_mod.CONSISTENCY_CRASH:
+            guard.stop(set_id)
             return {"started_at": None, "ended_at": None, "window_s": None, "thawed": None,
                     "guard": "off"}
         started_at = manifest_mod.isotime()
-        if freeze["mode"] == manifest_mod.CONSISTENCY_MEMORY:
+        thaw_started = time.monotonic()
+        memory = freeze["mode"] == manifest_mod.CONSISTENCY_MEMORY
+        if memory:
             self.drivers.hypervisor.resume(instance["id"])
             thawed = 0
         else:
             thawed = self.drivers.hypervisor.thaw(instance["id"])
         window = time.monotonic() - freeze["started_mono"]
-        outcome = "off"
+        outcome, fired_mono = "off", None
         if thaw_guard["enabled"]:
-            outcome = guard.get(set_id).disarm()
-            guard.stop(set_id)
-        if outcome == "fired":
+            outcome, fired_mono = _disarm(set_id, instance, "resume" if memory else "thaw")
+        if outcome == guard.ARMED:
             raise exception.QuiesceFailed(
-                f"the freeze outlived its deadline ({window:.1f}s): the thaw guard thawed "
-                f"{instance['name']} before every member was taken")
+                f"the {'resume' if memory else 'thaw'} of {instance['name']} is not confirmed "
+                "by the hypervisor: the thaw guard stays armed and keeps trying")
+        if outcome == guard.FIRED:
+            held = (fired_mono or time.monotonic()) - freeze["started_mono"]
+            raise exception.QuiesceFailed(
+                f"the freeze outlived its deadline: the thaw guard thawed {instance['name']} "
+                f"after {held:.1f}s (freeze_timeout {freeze.get('timeout_s', 0):g}s), before "
+                "every member was taken")
+        deadline = freeze.get("deadline_mono")
         return {"started_at": started_at, "ended_at": manifest_mod.isotime(),
-                "window_s": round(window, 6), "thawed": thawed, "guard": outcome}
+                "window_s": round(window, 6), "thawed": thawed, "guard": outcome,
+                "deadline_missed": bool(deadline is not None and thaw_started > deadline)}
