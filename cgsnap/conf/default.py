@@ -1,8 +1,15 @@
 """[DEFAULT] options: where cgsnap keeps its state."""
 
+import socket
+
 from oslo_config import cfg
 
 opts = [
+    cfg.StrOpt("host", default=socket.gethostname(), sample_default="<this machine's hostname>",
+               help="Name of this cgsnap host. Every snapshot set records the host that made "
+                    "it; with a catalog shared by several hosts, 'cgsnap recover' acts only "
+                    "on this host's sets, and a create only finalizes a set this host still "
+                    "owns. Give each conductor on one machine its own name (--host)."),
     cfg.StrOpt("state_dir", default="~/.local/state/cgsnap",
                help="Directory for cgsnap's catalog, flow logbooks and per-instance lock files. "
                     "'~' is expanded. Must be on a local filesystem (locks use flock)."),

@@ -9,8 +9,8 @@ import os
 
 from oslo_log import log as logging
 
+from cgsnap import catalog, naming, state
 from cgsnap import manifest as manifest_mod
-from cgsnap import naming
 from cgsnap.tasks.base import CgsnapTask
 
 LOG = logging.getLogger(__name__)
@@ -66,9 +66,10 @@ class UploadRootImage(CgsnapTask):
             if existing:
                 img = existing[0]
             else:
-                meta = naming.member_metadata(set_id, manifest["instance_id"], m["role"],
-                                              m["device"], manifest_mod.SCHEMA_VERSION,
-                                              manifest["name"])
+                meta = naming.member_metadata(
+                    set_id, manifest["instance_id"], m["role"], m["device"],
+                    manifest_mod.SCHEMA_VERSION, manifest["name"],
+                    catalog_id=catalog.Catalog(state.catalog_url()).catalog_id)
                 img = self.drivers.images.upload_image(m["name"], local_copies[m["device"]]["path"],
                                                        meta)
             try:

@@ -7,7 +7,8 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, faults, naming, progress, quota, wait
+from cgsnap import catalog as catalog_mod
+from cgsnap import exception, faults, naming, progress, quota, state, wait
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask
@@ -328,9 +329,11 @@ class TagGroupSnapshotMembers(CgsnapTask):
 
 
 def member_metadata(set_id, manifest, member):
+    """A member's metadata, with the id of the catalog that owns it."""
     return naming.member_metadata(set_id, manifest["instance_id"], member["role"],
                                   member["device"], manifest_mod.SCHEMA_VERSION,
-                                  manifest["name"])
+                                  manifest["name"],
+                                  catalog_id=catalog_mod.Catalog(state.catalog_url()).catalog_id)
 
 
 def _member_view(snap):
