@@ -68,6 +68,13 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
         if _age_s(item.get("created_at")) < grace_s:
             rows.append(dict(row, action="kept", reason="younger than the grace period"))
             return
+        if item.get("status") == "creating" and kind == "cinder-snapshot":
+            from cgsnap.recovery import admin_reset_command
+            rows.append(dict(row, action="stuck", reason=(
+                "stuck in 'creating' past the grace period (cinder-api probably died "
+                "mid-request); a member user cannot delete it: an admin must run "
+                f"'{admin_reset_command(item['id'])}', then run gc again")))
+            return
         if dependents:
             rows.append(dict(row, action="busy", reason="volumes were created from it: "
                              + ", ".join(dependents)))

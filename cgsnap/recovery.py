@@ -48,6 +48,8 @@ def recover(instance_id=None):
     out = []
     for status in (manifest.STATUS_CREATING, manifest.STATUS_DELETING, manifest.STATUS_FAILED):
         for row in cat.rows(instance_id=instance_id, status=status):
+            if any(r["id"] == row.id for r in out):
+                continue  # once per run: a revert that left something is now 'failed'
             doc = row.doc
             if status == manifest.STATUS_FAILED and not (doc or {}).get("cleanup_pending"):
                 continue
@@ -88,9 +90,13 @@ def recover_locked(cat, set_id):
     if was == manifest.STATUS_FAILED:  # a revert that could not finish: retry it
         problems = revert_members(doc)
         doc["cleanup_pending"] = bool(problems)
+        if problems:
+            doc["status_reason"] = ("cleanup incomplete; left behind: "
+                                    + "; ".join(problems))[:1000]
         cat.save(doc)
         return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
-                "action": "cleaned", "result": "ok" if not problems else "incomplete"}
+                "action": "cleaned", "result": "ok" if not problems else "incomplete",
+                "detail": "; ".join(problems)}
     from cgsnap import api
     detail = api.completable(set_id)
     if detail is not None:
@@ -109,10 +115,12 @@ def recover_locked(cat, set_id):
         reason += "; the thaw guard had thawed the guest"
     if problems:
         reason += "; left behind: " + "; ".join(problems)
-    doc.update(status=manifest.STATUS_FAILED, status_reason=reason[:1000], consistency=None)
+    doc.update(status=manifest.STATUS_FAILED, status_reason=reason[:1000], consistency=None,
+               cleanup_pending=bool(problems))
     cat.save(doc)
     return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
-            "action": "reverted", "result": "ok" if not problems else "incomplete"}
+            "action": "reverted", "result": "ok" if not problems else "incomplete",
+            "detail": "; ".join(problems)}
 
 
 def revert_members(doc):
@@ -151,16 +159,53 @@ def revert_members(doc):
 SETTLE_S = 3.0
 
 
+def admin_reset_command(snapshot_id):
+    """What an admin runs so that a snapshot stuck in ``creating`` can be deleted."""
+    return f"openstack volume snapshot set --state error {snapshot_id}"
+
+
+def stuck_advice(snapshot_ids):
+    """One sentence naming snapshots stuck in ``creating`` and the admin's commands."""
+    return (f"{len(snapshot_ids)} snapshot(s) stuck in 'creating' (a member user cannot "
+            "delete them; cinder-api probably died mid-request): an admin must run "
+            + "; ".join(f"'{admin_reset_command(i)}'" for i in snapshot_ids)
+            + ", then run 'cgsnap recover' again")
+
+
 def _delete_volume_members(volumes, set_id):
     """Delete the set's snapshots, then watch for SETTLE_S: a process killed
-    with creates in flight may see Cinder finish them after it died."""
+    with creates in flight may see Cinder finish them after it died.
+
+    Snapshots still ``creating`` after ``cleanup_timeout`` are stuck: the
+    others are deleted, and CleanupIncomplete names the stuck ones and the
+    admin's command."""
     from cgsnap import wait
     from cgsnap.tasks.volume import delete_set_snapshots
     for _ in range(3):
-        delete_set_snapshots(volumes, set_id, CONF.snapshot.cleanup_timeout)
+        try:
+            delete_set_snapshots(volumes, set_id, CONF.snapshot.cleanup_timeout)
+        except exception.WaitTimeout:
+            stuck = [s["id"] for s in volumes.list_snapshots(set_id)
+                     if s["status"] == "creating"]
+            if not stuck:
+                raise
+            _delete_all_but(volumes, set_id, stuck)
+            raise exception.CleanupIncomplete(stuck_advice(stuck)) from None
         try:
             wait.poll(lambda: volumes.list_snapshots(set_id), bool, SETTLE_S, 0.25, 0.5,
                       what="late snapshots")
         except exception.WaitTimeout:
             return  # nothing appeared late
     raise exception.CleanupIncomplete(f"snapshots of set {set_id} keep appearing")
+
+
+def _delete_all_but(volumes, set_id, keep):
+    """Delete every snapshot of the set but ``keep`` and wait until they are gone."""
+    from cgsnap import wait
+    for snap in volumes.list_snapshots(set_id):
+        if snap["id"] not in keep and snap["status"] not in ("deleting", "deleted"):
+            LOG.info("recover: deleting snapshot %s of set %s", snap["id"], set_id)
+            volumes.delete_snapshot(snap["id"])
+    wait.poll(lambda: volumes.list_snapshots(set_id),
+              lambda ss: {s["id"] for s in ss} <= set(keep),
+              CONF.snapshot.cleanup_timeout, what=f"deletion of the snapshots of set {set_id}")

@@ -181,7 +181,11 @@ def run(argv=None, stdout=None, stderr=None):
             rows = api.recover(args.instance)
             cols = ["id", "instance_id", "was", "action", "result"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
-            if any(r["result"] == "incomplete" for r in rows):
+            incomplete = [r for r in rows if r["result"] == "incomplete"]
+            for r in incomplete:  # never a non-zero exit without the reason
+                stderr.write(f"cgsnap: error: set {r['id']} ({r['action']}): left behind: "
+                             f"{r.get('detail') or 'see the set status_reason'}\n")
+            if incomplete:
                 return exception.EXIT_CLEANUP
         elif args.command == "gc":
             from cgsnap import gc
@@ -189,7 +193,10 @@ def run(argv=None, stdout=None, stderr=None):
                               any_catalog=args.any_catalog)
             cols = ["kind", "id", "name", "set_id", "action", "reason"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
-            if any(r["action"] == "failed" for r in rows):
+            for r in rows:
+                if r["action"] == "stuck":
+                    stderr.write(f"cgsnap: error: {r['kind']} {r['id']}: {r['reason']}\n")
+            if any(r["action"] in ("failed", "stuck") for r in rows):
                 return exception.EXIT_CLEANUP
         elif args.command == "delete":
             rc = exception.EXIT_OK
