@@ -81,18 +81,23 @@ def _prune_logbook(backend, book):
 
 
 def prune_logbooks(older_than_days):
-    """Remove logbooks (of failed or interrupted flows) older than
-    ``older_than_days``; return how many.  ``cgsnap gc`` calls it."""
+    """Remove the logbooks of failed flows older than ``older_than_days``
+    (successful flows remove their own); return how many.  A logbook whose set
+    is still ``creating`` or ``deleting`` is kept: recover needs it.
+    ``cgsnap gc`` calls this."""
     import datetime
-    backend = persistence_backend()
-    conn = backend.get_connection()
+    conn = persistence_backend().get_connection()
     cutoff = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) \
         - datetime.timedelta(days=older_than_days)
+    busy = {r.id for r in catalog().rows() if r.status in (manifest.STATUS_CREATING,
+                                                            manifest.STATUS_DELETING)}
     removed = 0
     for book in list(conn.get_logbooks(lazy=True)):
-        if book.created_at is not None and book.created_at < cutoff:
-            conn.destroy_logbook(book.uuid)
-            removed += 1
+        set_id = book.name.split("-", 1)[-1][:36]
+        if book.created_at is None or book.created_at >= cutoff or set_id in busy:
+            continue
+        conn.destroy_logbook(book.uuid)
+        removed += 1
     return removed
 
 

@@ -191,6 +191,9 @@ def run(argv=None, stdout=None, stderr=None):
             from cgsnap import gc
             rows = gc.collect(args.dry_run, args.grace_period, images=not args.no_images,
                               any_catalog=args.any_catalog)
+            if not args.dry_run:
+                from cgsnap.conf import CONF
+                api.prune_logbooks(CONF.logbook_retention_days)
             cols = ["kind", "id", "name", "set_id", "action", "reason"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
             for r in rows:

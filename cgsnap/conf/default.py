@@ -22,6 +22,10 @@ opts = [
                help="SQLAlchemy URL of the TaskFlow logbook store (flow persistence). "
                     "Default: SQLite file <state_dir>/flows.db.",
                secret=True),
+    cfg.IntOpt("logbook_retention_days", default=30, min=0,
+               help="'cgsnap gc' removes the TaskFlow logbooks of failed flows older than "
+                    "this many days (a flow that succeeds removes its own at once; the "
+                    "logbook of a set still creating or deleting is always kept)."),
     cfg.FloatOpt("lock_wait", default=0.0, min=0.0,
                  help="Seconds to wait for another cgsnap operation on the same instance to "
                       "finish before giving up with exit code 7. 0 means do not wait."),

@@ -185,6 +185,37 @@ def test_logbooks_of_finished_flows_are_pruned(guest):
     api.delete_snapshot_set(doc["id"])
     names = [b.name for b in api.persistence_backend().get_connection().get_logbooks()]
     assert not [n for n in names if doc["id"] in n]
+    # their flow and atom details went with them (SQLite enforces the cascade)
+    eng = sa.create_engine(CONF.persistence_connection)
+    try:
+        with eng.connect() as conn:
+            orphans = conn.execute(sa.text(
+                "SELECT COUNT(*) FROM flowdetails WHERE parent_uuid NOT IN "
+                "(SELECT uuid FROM logbooks)")).scalar()
+    finally:
+        eng.dispose()
+    assert orphans == 0
+
+
+def test_gc_prunes_old_logbooks_of_failed_flows(guest):
+    import datetime
+    faults.arm("task.SnapshotVolumes", "raise")
+    with pytest.raises(exception.CgsnapError):
+        api.create_snapshot_set(guest.name)
+    [doc] = api.list_snapshot_sets(guest.id)
+    book_uuid = api.logbook_uuid(f"create-{doc['id']}")
+    assert api._create_flow_detail(doc["id"]) is not None
+    assert api.prune_logbooks(30) == 0  # young: kept
+    old = datetime.datetime.utcnow() - datetime.timedelta(days=31)
+    eng = sa.create_engine(CONF.persistence_connection)
+    try:
+        with eng.begin() as conn:
+            conn.execute(sa.text("UPDATE logbooks SET created_at = :old WHERE uuid = :u"),
+                         {"old": old, "u": book_uuid})
+    finally:
+        eng.dispose()
+    assert api.prune_logbooks(30) >= 1
+    assert api._create_flow_detail(doc["id"]) is None
 
 
 def test_the_create_logbook_is_found_without_scanning(guest, monkeypatch):
