@@ -4,6 +4,15 @@ Each manifest is stored whole (sealed JSON) in one row, together with the
 columns we query on.  Every write replaces the row inside one transaction, so
 a reader never sees a half-written manifest, and every read verifies the
 checksum.
+
+The schema is versioned with Alembic (:mod:`cgsnap.db`); opening a catalog
+upgrades it in place.  Besides the manifests the catalog keeps its own random
+id (``cgsnap_meta``), which every member carries as ``cgsnap_catalog_id``;
+each row records the ``[DEFAULT] host`` that made the set, and ``live_key``
+(the idempotency key while the set is creating or available, under a unique
+index) keeps one live set per key.  A row whose manifest does not verify is
+skipped by :meth:`Catalog.list` (or shown as ``corrupt``) and is never
+re-sealed: :meth:`Catalog.mark` changes only its status column.
 """
 
 import json

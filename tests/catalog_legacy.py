@@ -91,6 +91,7 @@ def check_upgraded(url, ids):
     else:
         raise AssertionError("a second live set for key 'k' was accepted")
     catalog._engines.pop(url, None)  # opening it again changes nothing
+    catalog._catalog_ids.pop(url, None)
     again = catalog.Catalog(url)
     assert again.catalog_id == catalog_id
     assert len(again.list()) == len(ids)
