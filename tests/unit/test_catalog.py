@@ -256,3 +256,21 @@ def test_a_catalog_from_before_alembic_is_upgraded_in_place(tmp_path):
     url = f"sqlite:///{tmp_path}/old/catalog.db"
     ids = catalog_legacy.populate(url)
     catalog_legacy.check_upgraded(url, ids)
+
+
+def test_cgsnap_list_shows_a_corrupt_row(guest, tmp_path):
+    import io
+
+    from cgsnap.cli import main as cli
+    conf = tmp_path / "cgsnap.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/state\n[libvirt]\nuri = {guest.uri}\n")
+    set_id = _crashed_set(guest)
+    _corrupt(set_id)
+    out, err = io.StringIO(), io.StringIO()
+    rc = cli.run(["--config-file", str(conf), "list", "-f", "json"], stdout=out, stderr=err)
+    assert rc == 0, err.getvalue()
+    [row] = json.loads(out.getvalue())
+    assert (row["id"], row["status"]) == (set_id, "corrupt")
+    out = io.StringIO()
+    assert cli.run(["--config-file", str(conf), "show", set_id], stdout=out,
+                   stderr=err) == exception.EXIT_INTEGRITY
