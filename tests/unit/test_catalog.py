@@ -274,3 +274,38 @@ def test_cgsnap_list_shows_a_corrupt_row(guest, tmp_path):
     out = io.StringIO()
     assert cli.run(["--config-file", str(conf), "show", set_id], stdout=out,
                    stderr=err) == exception.EXIT_INTEGRITY
+
+
+def _create_as_host(host, state_dir, name, queue):
+    CONF.set_override("host", host)
+    CONF.set_override("state_dir", state_dir)  # its own locks: another host
+    faults.arm("task.RecordSet", "hang=0.5")   # both pass the key lookup before either records
+    try:
+        doc = api.create_snapshot_set(name, idempotency_key="shared-key")
+        queue.put(("ok", doc["id"]))
+    except exception.CgsnapError as e:
+        queue.put((type(e).__name__, str(e)))
+
+
+def test_two_hosts_racing_one_key_on_a_shared_catalog_make_one_live_set(guest, tmp_path):
+    CONF.set_override("catalog_connection", f"sqlite:///{tmp_path}/shared/catalog.db")
+    _cat()  # schema made before the race
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_create_as_host,
+                         args=(f"host-{i}", str(tmp_path / f"state-{i}"), guest.name, queue))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    live = [d for d in _cat().list(instance_id=guest.id)
+            if d["status"] in ("creating", "available")]
+    assert len(live) == 1, results
+    # the loser's insert hit the unique index: it returns the winner's set, or
+    # (if that is still creating) refuses with Locked, naming the key
+    assert ("ok", live[0]["id"]) in results, results
+    for outcome, text in results:
+        assert (outcome, text) == ("ok", live[0]["id"]) or (
+            outcome == "Locked" and "shared-key" in text), results
