@@ -49,14 +49,63 @@ def persistence_backend():
     try:
         return _persistence(url)
     except Exception as e:
-        raise exception.ConfigError(f"cannot open the flow store {url}: {e}") from None
+        raise exception.ConfigError(
+            f"cannot open the flow store {catalog_mod.display_url(url)}: "
+            f"{_hide(str(e), url)}") from None
+
+
+def _hide(text, url):
+    """``text`` with the password of ``url`` (as a driver may echo it) masked."""
+    try:
+        password = catalog_mod.sa.engine.make_url(url).password
+    except Exception:  # noqa: BLE001 - not a URL: nothing to mask
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+_LOGBOOK_NS = uuid.UUID("6b1f3c52-4d0e-4f51-9a3c-2f9d1c7e5a10")
+
+
+def logbook_uuid(book_name):
+    """Each logbook's uuid is a function of its name: a lookup by name is a
+    primary-key read, not a scan of every logbook."""
+    return str(uuid.uuid5(_LOGBOOK_NS, book_name))
+
+
+def _prune_logbook(backend, book):
+    """A flow that finished successfully leaves nothing to resume: drop its logbook."""
+    try:
+        backend.get_connection().destroy_logbook(book.uuid)
+    except Exception as e:  # noqa: BLE001 - housekeeping: never fail the operation for it
+        LOG.warning("could not remove logbook %s: %s", book.name, e)
+
+
+def prune_logbooks(older_than_days):
+    """Remove the logbooks of failed flows older than ``older_than_days``
+    (successful flows remove their own); return how many.  A logbook whose set
+    is still ``creating`` or ``deleting`` is kept: recover needs it.
+    ``cgsnap gc`` calls this."""
+    import datetime
+    conn = persistence_backend().get_connection()
+    cutoff = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) \
+        - datetime.timedelta(days=older_than_days)
+    busy = {r.id for r in catalog().rows() if r.status in (manifest.STATUS_CREATING,
+                                                            manifest.STATUS_DELETING)}
+    removed = 0
+    for book in list(conn.get_logbooks(lazy=True)):
+        set_id = book.name.split("-", 1)[-1][:36]
+        if book.created_at is None or book.created_at >= cutoff or set_id in busy:
+            continue
+        conn.destroy_logbook(book.uuid)
+        removed += 1
+    return removed
 
 
 def _run(factory, store, book_name, on_failure=None):
     """Run ``factory()`` with persistence; re-raise the first task failure as
     it was raised (a CgsnapError keeps its exit code)."""
     backend = persistence_backend()
-    book = models.LogBook(book_name)
+    book = models.LogBook(book_name, uuid=logbook_uuid(book_name))
     try:
         engine = engines.load_from_factory(factory, store=store, backend=backend, book=book,
                                            engine="serial")
@@ -81,6 +130,7 @@ def _run(factory, store, book_name, on_failure=None):
         if on_failure:
             on_failure(engine)
         raise
+    _prune_logbook(backend, book)
     return engine
 
 
@@ -126,14 +176,16 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        wait_timeout=CONF.snapshot.wait_timeout)
     cat = catalog()
     with lock.instance_lock(instance["id"], "create", CONF.lock_wait):
-        # A create that died earlier on this instance is reverted first.
+        # A create that died earlier on this instance (on this host) is
+        # reverted first; another host's set, or a corrupt one, is left alone.
         from cgsnap import recovery
-        for doc in cat.list(instance_id=instance["id"], status=manifest.STATUS_CREATING):
-            LOG.warning("recovering interrupted set %s first", doc["id"])
-            recovery.recover_locked(cat, doc["id"])
+        for row in cat.rows(instance_id=instance["id"], status=manifest.STATUS_CREATING):
+            if row.doc is not None and recovery.owned_here(row):
+                LOG.warning("recovering interrupted set %s first", row.id)
+                recovery.recover_locked(cat, row.id)
         if idempotency_key:
-            existing = cat.by_idempotency_key(instance["id"], idempotency_key)
-            if existing and existing["status"] == manifest.STATUS_AVAILABLE:
+            existing = _live_set_for_key(cat, instance["id"], idempotency_key)
+            if existing:
                 return existing
         set_id = naming.new_set_id()
         store = {"instance_ref": instance["id"], "set_id": set_id, "options": options}
@@ -149,6 +201,13 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
 
         try:
             _run(create_flows.create_flow, store, f"create-{set_id}", _after_failure)
+        except catalog_mod.DuplicateSet:
+            # Another host (or a process that does not share our lock) recorded
+            # a live set for this key first: this call made nothing.
+            existing = _live_set_for_key(cat, instance["id"], idempotency_key)
+            if existing:
+                return existing
+            raise
         except exception.CgsnapError:
             if any(side_effects):  # a pre-check failure created nothing: no need to look
                 _verify_nothing_left(drv, cat, set_id)
@@ -159,6 +218,17 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
         return cat.get(set_id)
 
 
+def _live_set_for_key(cat, instance_id, key):
+    """The available set for ``key``; ``None`` if there is no live one.  A set
+    still ``creating`` (made by another host, ours were recovered) is busy."""
+    existing = cat.by_idempotency_key(instance_id, key)
+    if existing is None or existing["status"] == manifest.STATUS_AVAILABLE:
+        return existing
+    raise exception.Locked(
+        f"set {existing['id']} with idempotency key {key!r} is still being created "
+        "(by another host or process); try again later")
+
+
 def _revert_from_manifest(cat, set_id):
     """Undo a create whose engine stopped without its reverts."""
     from cgsnap import recovery
@@ -167,9 +237,9 @@ def _revert_from_manifest(cat, set_id):
     except exception.CgsnapError:
         return
     problems = recovery.revert_members(doc)
-    try:
-        cat.update(set_id, status=manifest.STATUS_FAILED, cleanup_pending=bool(problems),
-                   status_reason="the flow logbook could not be written; reverted")
+    try:  # mark(): a manifest that does not verify is not re-sealed
+        cat.mark(set_id, manifest.STATUS_FAILED, cleanup_pending=bool(problems),
+                 status_reason="the flow logbook could not be written; reverted")
     except exception.CgsnapError as e:
         LOG.error("could not mark set %s failed: %s", set_id, e)
 
@@ -281,11 +351,15 @@ def run_delete_flow(set_id):
 
 def _create_flow_detail(set_id):
     """The logbook entry of the create flow that made ``set_id``, if any."""
-    backend = persistence_backend()
-    for book in backend.get_connection().get_logbooks():
-        if book.name == f"create-{set_id}":
-            for detail in book:
-                return detail
+    name = f"create-{set_id}"
+    try:
+        book = persistence_backend().get_connection().get_logbook(logbook_uuid(name))
+    except tf_exc.NotFound:
+        return None
+    if book.name != name:
+        return None
+    for detail in book:
+        return detail
     return None
 
 
@@ -303,15 +377,20 @@ def completable(set_id):
     return detail if thaw.results.get("guard") != "fired" else None
 
 
-def resume_create(detail):
+def resume_create(detail, set_id=None):
     """Run the rest of an interrupted create from its logbook (TaskFlow
-    re-runs the atom that was running; the remaining atoms are idempotent)."""
-    engine = engines.load_from_detail(detail, backend=persistence_backend(), engine="serial")
+    re-runs the atom that was running; the remaining atoms are idempotent);
+    on success the logbook of ``set_id``'s create is removed."""
+    backend = persistence_backend()
+    engine = engines.load_from_detail(detail, backend=backend, engine="serial")
     try:
         engine.run()
     except tf_exc.WrappedFailure as wrapped:
         first = next(iter(wrapped))
         raise (first.exception or exception.CgsnapError(first.exception_str)) from None
+    if set_id:
+        _prune_logbook(backend, models.LogBook(f"create-{set_id}",
+                                               uuid=logbook_uuid(f"create-{set_id}")))
 
 
 def recover(instance_ref=None):
@@ -330,7 +409,7 @@ def list_snapshot_sets(instance_ref=None, status=None):
         from cgsnap.drivers.libvirt_driver import is_uuid
         instance_id = instance_ref if is_uuid(instance_ref) else \
             drivers_mod.get().hypervisor.get_instance(instance_ref)["id"]
-    return catalog().list(instance_id=instance_id, status=status)
+    return catalog().list(instance_id=instance_id, status=status, corrupt=True)
 
 
 def show_snapshot_set(set_id_or_prefix):

@@ -8,6 +8,15 @@ the catalog (it failed and its revert could not finish, or it was made out of
 band) and it is older than the grace period.  A snapshot that a volume was
 created from is reported as busy, never forced.  Only things cgsnap tagged
 are ever considered.
+
+Only this catalog's members are candidates, unless ``any_catalog``: every
+member carries the id of the catalog that made it (``cgsnap_catalog_id``), and
+after a live migration another host's catalog owns the instance's older sets.
+Members made before catalog ids existed carry none; one of those is a
+candidate only if its set is recorded in this catalog (a failed set), because
+its instance id cannot tell two hosts' catalogs apart; otherwise it is kept
+and reported, and ``--any-catalog`` collects it.  Members of a set whose
+manifest does not verify are never collected.
 """
 
 import datetime
@@ -49,20 +58,24 @@ def _skip_absent_backends(drv, volumes, images, notes):
 
 
 def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instance=False,
-            notes=None):
+            any_catalog=False, notes=None):
     """Return one row per candidate: kind, id, name, set_id, action, reason.
 
-    Only members of instances this catalog knows are candidates, unless
-    ``any_instance``: another catalog (another host, the demo) may own the rest.
+    Only members of this catalog are candidates, unless ``any_catalog`` (see
+    the module docstring); ``any_instance`` is its older name.
 
     A backend this host does not have (no OpenStack credentials configured,
     or a cloud without an image service) is skipped; ``notes`` (a list) gets
     one line saying which and why.
     """
     cat = Catalog(state.catalog_url())
-    docs = cat.list()
-    live = {d["id"] for d in docs if d["status"] in LIVE}
-    known_instances = {d["instance_id"] for d in docs}
+    catalog_rows = cat.rows()
+    # A corrupt manifest's set counts as live: its members may be valid.
+    live = {r.id for r in catalog_rows if r.doc is None or r.status in LIVE}
+    known_sets = {r.id for r in catalog_rows}
+    known_instances = {r.instance_id for r in catalog_rows}
+    this_catalog = cat.catalog_id
+    any_catalog = any_catalog or any_instance
     drv = drivers_mod.get()
     rows = []
     volumes, images = _skip_absent_backends(drv, volumes, images,
@@ -73,11 +86,18 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
         row = {"kind": kind, "id": item["id"], "name": item.get("name"), "set_id": set_id}
         if set_id in live:
             return
-        owner = item["metadata"].get(naming.META_INSTANCE_ID)
-        if not any_instance and owner is not None and owner not in known_instances:
+        if not any_catalog and not _ours(item["metadata"], this_catalog, known_sets,
+                                         known_instances, rows, row):
             return
         if _age_s(item.get("created_at")) < grace_s:
             rows.append(dict(row, action="kept", reason="younger than the grace period"))
+            return
+        if item.get("status") == "creating" and kind == "cinder-snapshot":
+            from cgsnap.cleanup import admin_reset_command
+            rows.append(dict(row, action="stuck", reason=(
+                "stuck in 'creating' past the grace period (cinder-api probably died "
+                "mid-request); a member user cannot delete it: an admin must run "
+                f"'{admin_reset_command(item['id'])}', then run gc again")))
             return
         if dependents:
             rows.append(dict(row, action="busy", reason="volumes were created from it: "
@@ -120,3 +140,19 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
                         os.path.getmtime(path), datetime.timezone.utc).isoformat()}
             consider("local-dir", item, lambda p: shutil.rmtree(p))
     return rows
+
+
+def _ours(meta, this_catalog, known_sets, known_instances, rows, row):
+    """Whether a member belongs to this catalog (see the module docstring)."""
+    owner_catalog = meta.get(naming.META_CATALOG_ID)
+    if owner_catalog is not None:
+        return owner_catalog == this_catalog
+    owner = meta.get(naming.META_INSTANCE_ID)
+    if owner is None or meta.get(naming.META_SET_ID) in known_sets:
+        return True  # a local directory of this host, or a set this catalog recorded
+    if owner in known_instances:
+        rows.append(dict(row, action="kept", reason=(
+            "no cgsnap_catalog_id (a group snapshot, or made before catalog ids) and its "
+            "set is not in this catalog: it may be another host's set after a live "
+            "migration; --any-catalog collects it")))
+    return False

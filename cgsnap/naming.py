@@ -37,6 +37,9 @@ META_ROLE = "cgsnap_role"
 META_DEVICE = "cgsnap_device"
 META_SCHEMA_VERSION = "cgsnap_schema_version"
 META_SET_NAME = "cgsnap_set_name"
+# The random id of the catalog that owns the member (see cgsnap.db, revision 0002):
+# gc collects only its own catalog's members.
+META_CATALOG_ID = "cgsnap_catalog_id"
 
 _MEMBER_RE = re.compile(
     r"^cgsnap-(?P<instance>[0-9a-f]{8})-(?P<set>[0-9a-f]{8})-(?P<role>root|vol)-(?P<device>[a-z0-9]{1,32})$"
@@ -129,7 +132,8 @@ def default_set_name(instance_name, when):
     return sanitize_set_name(f"{instance_name}-{when.strftime('%Y%m%dT%H%M%SZ')}")
 
 
-def member_metadata(set_id, instance_id, role, device, schema_version, set_name=None):
+def member_metadata(set_id, instance_id, role, device, schema_version, set_name=None,
+                    catalog_id=None):
     """Metadata stored on a member (all values are strings, <= 255 chars)."""
     meta = {
         META_SET_ID: str(set_id),
@@ -140,6 +144,8 @@ def member_metadata(set_id, instance_id, role, device, schema_version, set_name=
     }
     if set_name:
         meta[META_SET_NAME] = set_name[:MAX_NAME_LEN]
+    if catalog_id:
+        meta[META_CATALOG_ID] = str(catalog_id)
     return meta
 
 

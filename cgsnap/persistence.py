@@ -38,8 +38,10 @@ import sqlalchemy as sa
 from sqlalchemy import pool as sa_pool
 from taskflow.persistence.backends import impl_sqlalchemy
 
+# foreign_keys: a pruned logbook takes its flow and atom details with it
+# (ON DELETE CASCADE, which SQLite enforces only with this pragma).
 _SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
-                   "PRAGMA busy_timeout=5000")
+                   "PRAGMA busy_timeout=5000", "PRAGMA foreign_keys=ON")
 
 
 def _sqlite_pragmas(dbapi_conn, _record):

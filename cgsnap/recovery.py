@@ -12,6 +12,12 @@ their equivalent from the manifest, which names every member in advance:
 3. delete the set's Cinder snapshots and Glance images, found by metadata;
 4. mark the manifest ``failed`` with the reason.
 
+Only this host's sets (``[DEFAULT] host``) are touched: with a catalog
+shared by several hosts, another host's ``creating`` set is in flight there,
+and its lock is that host's.  Sets made before sets recorded their host
+(catalog revision 0002) have no host and are recovered as before.  A set
+whose manifest does not verify is reported and left alone.
+
 Sets interrupted while deleting are deleted again, and failed sets whose
 revert could not remove everything (``cleanup_pending``, e.g. the storage API
 was down) are cleaned up again.
@@ -26,9 +32,11 @@ import os
 
 from oslo_log import log as logging
 
+from cgsnap import catalog as catalog_mod
 from cgsnap import drivers as drivers_mod
 from cgsnap import exception, lock, manifest, state
 from cgsnap.catalog import Catalog
+from cgsnap.cleanup import admin_reset_command, stuck_advice  # noqa: F401 (re-exported)
 from cgsnap.cleanup import delete_volume_members as _delete_volume_members
 
 LOG = logging.getLogger(__name__)
@@ -40,21 +48,40 @@ def recover(instance_id=None):
     cat = Catalog(state.catalog_url())
     out = []
     for status in (manifest.STATUS_CREATING, manifest.STATUS_DELETING, manifest.STATUS_FAILED):
-        for doc in cat.list(instance_id=instance_id, status=status):
-            if status == manifest.STATUS_FAILED and not doc.get("cleanup_pending"):
+        for row in cat.rows(instance_id=instance_id, status=status):
+            if any(r["id"] == row.id for r in out):
+                continue  # once per run: a revert that left something is now 'failed'
+            doc = row.doc
+            if status == manifest.STATUS_FAILED and not (doc or {}).get("cleanup_pending"):
+                continue
+            skipped = {"id": row.id, "instance_id": row.instance_id, "was": status,
+                       "action": "skipped"}
+            if not owned_here(row):
+                out.append(dict(skipped, result=f"owned by host {row.host}, not this host "
+                                                f"({catalog_mod.this_host()})"))
+                continue
+            if doc is None:
+                out.append(dict(skipped, result=f"corrupt manifest, left alone: {row.error}"))
                 continue
             try:
                 with lock.instance_lock(doc["instance_id"], "recover"):
                     out.append(recover_locked(cat, doc["id"]))
             except exception.Locked:
-                out.append({"id": doc["id"], "instance_id": doc["instance_id"], "was": status,
-                            "action": "skipped", "result": "in progress in another process"})
+                out.append(dict(skipped, result="in progress in another process"))
+            except exception.IntegrityError as e:
+                out.append(dict(skipped, result=f"corrupt manifest, left alone: {e}"))
     return out
 
 
+def owned_here(row):
+    """Whether this host may recover the set of catalog row ``row``."""
+    return row.host is None or row.host == catalog_mod.this_host()
+
+
 def recover_locked(cat, set_id):
-    """Recover one set; the caller holds the instance lock."""
-    doc = cat.get(set_id, verify=False)
+    """Recover one set; the caller holds the instance lock.  Raises
+    IntegrityError, and changes nothing, if its manifest does not verify."""
+    doc = cat.get(set_id)
     was = doc["status"]
     if was == manifest.STATUS_DELETING:
         from cgsnap import api
@@ -64,14 +91,18 @@ def recover_locked(cat, set_id):
     if was == manifest.STATUS_FAILED:  # a revert that could not finish: retry it
         problems = revert_members(doc)
         doc["cleanup_pending"] = bool(problems)
+        if problems:
+            doc["status_reason"] = ("cleanup incomplete; left behind: "
+                                    + "; ".join(problems))[:1000]
         cat.save(doc)
         return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
-                "action": "cleaned", "result": "ok" if not problems else "incomplete"}
+                "action": "cleaned", "result": "ok" if not problems else "incomplete",
+                "detail": "; ".join(problems)}
     from cgsnap import api
     detail = api.completable(set_id)
     if detail is not None:
         try:
-            api.resume_create(detail)
+            api.resume_create(detail, set_id)
             return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
                     "action": "completed", "result": "ok"}
         except exception.CgsnapError as e:
@@ -85,10 +116,12 @@ def recover_locked(cat, set_id):
         reason += "; the thaw guard had thawed the guest"
     if problems:
         reason += "; left behind: " + "; ".join(problems)
-    doc.update(status=manifest.STATUS_FAILED, status_reason=reason[:1000], consistency=None)
+    doc.update(status=manifest.STATUS_FAILED, status_reason=reason[:1000], consistency=None,
+               cleanup_pending=bool(problems))
     cat.save(doc)
     return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
-            "action": "reverted", "result": "ok" if not problems else "incomplete"}
+            "action": "reverted", "result": "ok" if not problems else "incomplete",
+            "detail": "; ".join(problems)}
 
 
 def revert_members(doc):

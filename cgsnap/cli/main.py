@@ -109,15 +109,21 @@ def _parser():
         description="Find Cinder snapshots, Glance images and local copies tagged by cgsnap "
                     "whose set is not available/creating/deleting (a revert that could not "
                     "finish, or made out of band) and delete them, images first. Snapshots "
-                    "with volumes created from them are reported, never forced.")
+                    "with volumes created from them are reported, never forced. Only members "
+                    "of this catalog (their cgsnap_catalog_id) are collected, unless "
+                    "--any-catalog.")
     g.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     g.add_argument("--grace-period", type=float, default=3600.0, metavar="S",
                    help="leave anything younger than S seconds alone (default 3600)")
     g.add_argument("--no-images", action="store_true",
                    help="do not look at Glance (clouds without an image service)")
-    g.add_argument("--any-instance", action="store_true",
-                   help="also collect members of instances this catalog has never seen "
-                        "(by default they may belong to another host's catalog)")
+    g.add_argument("--any-catalog", action="store_true",
+                   help="also collect members that another catalog (another host, e.g. "
+                        "before a live migration) made, and members without a catalog id "
+                        "whose set this catalog does not know. By default only this "
+                        "catalog's members are collected")
+    g.add_argument("--any-instance", action="store_true", dest="any_catalog",
+                   help=argparse.SUPPRESS)  # its older, narrower name
 
     d = sub.add_parser("delete", help="delete sets: every member, then the manifest")
     d.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
@@ -187,18 +193,28 @@ def run(argv=None, stdout=None, stderr=None):
             rows = api.recover(args.instance)
             cols = ["id", "instance_id", "was", "action", "result"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
-            if any(r["result"] == "incomplete" for r in rows):
+            incomplete = [r for r in rows if r["result"] == "incomplete"]
+            for r in incomplete:  # never a non-zero exit without the reason
+                stderr.write(f"cgsnap: error: set {r['id']} ({r['action']}): left behind: "
+                             f"{r.get('detail') or 'see the set status_reason'}\n")
+            if incomplete:
                 return exception.EXIT_CLEANUP
         elif args.command == "gc":
             from cgsnap import gc
             notes = []
             rows = gc.collect(args.dry_run, args.grace_period, images=not args.no_images,
-                              any_instance=args.any_instance, notes=notes)
+                              any_catalog=args.any_catalog, notes=notes)
             for note in notes:
                 stderr.write(f"cgsnap: note: {note}\n")
+            if not args.dry_run:
+                from cgsnap.conf import CONF
+                api.prune_logbooks(CONF.logbook_retention_days)
             cols = ["kind", "id", "name", "set_id", "action", "reason"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
-            if any(r["action"] == "failed" for r in rows):
+            for r in rows:
+                if r["action"] == "stuck":
+                    stderr.write(f"cgsnap: error: {r['kind']} {r['id']}: {r['reason']}\n")
+            if any(r["action"] in ("failed", "stuck") for r in rows):
                 return exception.EXIT_CLEANUP
         elif args.command == "delete":
             rc = exception.EXIT_OK

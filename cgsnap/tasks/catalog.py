@@ -3,8 +3,8 @@
 from oslo_log import log as logging
 
 from cgsnap import catalog as catalog_mod
+from cgsnap import exception, naming, plan, state
 from cgsnap import manifest as manifest_mod
-from cgsnap import naming, plan, state
 from cgsnap.tasks.base import CgsnapTask, failure_reason
 
 LOG = logging.getLogger(__name__)
@@ -27,9 +27,10 @@ class RecordSet(CgsnapTask):
     def execute(self, set_id, instance, options):
         self.fault_point()
         cat = _catalog()
+        _ = cat.catalog_id  # read (and cached) now: member metadata needs it in the window
         try:  # safe to run twice: an earlier attempt's record is reused
             return cat.get(set_id)
-        except Exception:
+        except exception.SnapshotSetNotFound:
             pass
         members, skipped = plan.members(instance, set_id, options)
         doc = manifest_mod.new(
@@ -45,13 +46,11 @@ class RecordSet(CgsnapTask):
 
     def revert(self, set_id, result, flow_failures=None, **kwargs):
         reason = failure_reason(flow_failures)
-        try:
-            cat = _catalog()
-            doc = cat.get(set_id, verify=False)
-            doc["status"] = manifest_mod.STATUS_FAILED
-            doc["status_reason"] = reason[:1000]
-            doc["consistency"] = None
-            cat.save(doc)
+        try:  # a manifest that does not verify gets its status column only
+            _catalog().mark(set_id, manifest_mod.STATUS_FAILED, status_reason=reason[:1000],
+                            consistency=None)
+        except exception.SnapshotSetNotFound:
+            pass  # never recorded (e.g. a duplicate idempotency key): nothing to mark
         except Exception as e:
             LOG.error("revert: could not mark set %s failed: %s", set_id, e)
 
@@ -107,7 +106,9 @@ class FinalizeSet(CgsnapTask):
         elif shared_volumes:
             doc["status_reason"] = ("crash-consistent members (volumes shared with another "
                                     "instance): " + ", ".join(shared_volumes))
-        return _catalog().save(doc)
+        # Compare-and-set: only a set still 'creating' (and made by this host)
+        # becomes available; one that recover reverted meanwhile stays failed.
+        return _catalog().save(doc, expect_status=manifest_mod.STATUS_CREATING)
 
 
 def _consistency(freeze, thaw):
@@ -140,8 +141,8 @@ class MarkSetDeleting(CgsnapTask):
 
     def revert(self, set_id, result, flow_failures=None, **kwargs):
         try:
-            _catalog().update(set_id, status=manifest_mod.STATUS_ERROR_DELETING,
-                              status_reason=failure_reason(flow_failures)[:1000])
+            _catalog().mark(set_id, manifest_mod.STATUS_ERROR_DELETING,
+                            status_reason=failure_reason(flow_failures)[:1000])
         except Exception as e:
             LOG.error("revert: could not mark set %s error_deleting: %s", set_id, e)
 

@@ -9,8 +9,8 @@ import os
 
 from oslo_log import log as logging
 
+from cgsnap import catalog, exception, naming, plan, state
 from cgsnap import drivers as drivers_mod
-from cgsnap import exception, naming, plan
 from cgsnap import manifest as manifest_mod
 from cgsnap.tasks.base import CgsnapTask
 
@@ -73,9 +73,10 @@ class UploadRootImage(CgsnapTask):
             if existing:
                 img = existing[0]
             else:
-                meta = naming.member_metadata(set_id, manifest["instance_id"], m["role"],
-                                              m["device"], manifest_mod.SCHEMA_VERSION,
-                                              manifest["name"])
+                meta = naming.member_metadata(
+                    set_id, manifest["instance_id"], m["role"], m["device"],
+                    manifest_mod.SCHEMA_VERSION, manifest["name"],
+                    catalog_id=catalog.Catalog(state.catalog_url()).catalog_id)
                 img = self.drivers.images.upload_image(m["name"], local_copies[m["device"]]["path"],
                                                        meta)
             try:

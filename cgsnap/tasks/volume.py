@@ -6,7 +6,8 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import cleanup, exception, faults, naming, plan, progress, quota, wait
+from cgsnap import catalog as catalog_mod
+from cgsnap import cleanup, exception, faults, naming, plan, progress, quota, state, wait
 from cgsnap import drivers as drivers_mod
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
@@ -371,9 +372,11 @@ class TagGroupSnapshotMembers(CgsnapTask):
 
 
 def member_metadata(set_id, manifest, member):
+    """A member's metadata, with the id of the catalog that owns it."""
     return naming.member_metadata(set_id, manifest["instance_id"], member["role"],
                                   member["device"], manifest_mod.SCHEMA_VERSION,
-                                  manifest["name"])
+                                  manifest["name"],
+                                  catalog_id=catalog_mod.Catalog(state.catalog_url()).catalog_id)
 
 
 def _member_view(snap):

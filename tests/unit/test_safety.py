@@ -82,7 +82,9 @@ def test_gc_collects_only_orphans_in_dependency_safe_order(guest):
     from cgsnap import gc
     kept = api.create_snapshot_set(guest.name)
     orphan_set = naming.new_set_id()
-    meta = naming.member_metadata(orphan_set, guest.id, "volume", "vdb", 1)
+    meta = naming.member_metadata(  # an orphan of this catalog (its own catalog id)
+        orphan_set, guest.id, "volume", "vdb", 1,
+        catalog_id=catalog.Catalog(state.catalog_url()).catalog_id)
     orphan = guest.backend.create_snapshot(guest.volume_ids[0], "cgsnap-orphan", meta)
     busy = guest.backend.create_snapshot(guest.volume_ids[1], "cgsnap-busy", meta)
     guest.backend.add_volume(name="clone")  # a volume created from `busy`
