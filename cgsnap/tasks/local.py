@@ -16,7 +16,7 @@ import subprocess
 
 from oslo_log import log as logging
 
-from cgsnap import exception, faults, state
+from cgsnap import diskuse, exception, faults, state
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask
@@ -114,7 +114,12 @@ def put_disks_back(hypervisor, instance_id, devices, set_id):
         except exception.CgsnapError as e:
             problems.append(f"disk {dev} still on its overlay ({e})")
     if not problems:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            diskuse.remove_tree(out_dir, hypervisor=hypervisor)
+        except diskuse.InUse as e:
+            problems.append(str(e))
+        except OSError as e:
+            problems.append(f"cannot remove {out_dir}: {e.strerror}")
     return problems
 
 
@@ -154,10 +159,7 @@ class ExportLocalDisks(CgsnapTask):
                         f"copy of {dev} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 os.replace(tmp, p["copy"])
                 hyp.commit_active_layer(instance["id"], dev)
-            try:
-                os.remove(p["overlay"])
-            except FileNotFoundError:
-                pass
+            diskuse.remove_file(p["overlay"], hypervisor=hyp)
             out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"])}
         return out
 
@@ -180,10 +182,9 @@ class RecordMemoryImage(CgsnapTask):
 
 
 class DeleteLocalCopies(CgsnapTask):
-    """Delete flow: remove this set's copies (only files in its own directory)."""
+    """Delete flow: remove this set's copies (only files in its own directory),
+    never while a guest still runs on a file in it (:mod:`cgsnap.diskuse`)."""
 
     def execute(self, set_id):
         self.fault_point()
-        path = set_dir(set_id)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
+        diskuse.remove_tree(set_dir(set_id), hypervisor=self.drivers.hypervisor)
