@@ -372,11 +372,34 @@ class LibvirtHypervisor:
             except exception.WaitTimeout:
                 continue  # go round: fail only if the job did not move
 
-    def job_active(self, instance_id):
-        """Whether libvirt runs a domain job (a snapshot, save or migration)."""
+    def running_jobs(self, instance_id, devices):
+        """libvirt calls still running on the domain: a domain job (an
+        external snapshot, a save) and block jobs on ``devices`` other than
+        an active commit that is ready to pivot (that one waits for us)."""
+        dom = self._domain(instance_id)
+        out = []
         try:
-            return self._domain(instance_id).jobInfo()[0] not in (
-                libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED,
-                libvirt.VIR_DOMAIN_JOB_FAILED, libvirt.VIR_DOMAIN_JOB_CANCELLED)
+            if dom.jobInfo()[0] in (libvirt.VIR_DOMAIN_JOB_BOUNDED,
+                                    libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
+                out.append("a domain job (snapshot, save or migration)")
         except libvirt.libvirtError:
-            return False
+            pass  # not running, or the driver has no job info: no job
+        for dev in devices:
+            try:
+                info = dom.blockJobInfo(dev, 0)
+            except libvirt.libvirtError:
+                continue
+            if not info:
+                continue
+            ready = (info.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
+                     and info.get("end", 0) > 0 and info.get("cur") == info.get("end"))
+            if not ready:
+                out.append(f"a block job on {dev} ({info.get('cur')}/{info.get('end')})")
+        return out
+
+    def wait_for_jobs(self, instance_id, devices, deadline_s):
+        """Wait until :meth:`running_jobs` is empty; raise WaitTimeout naming them."""
+        faults.point("hypervisor.wait_for_jobs")
+        wait.poll(lambda: self.running_jobs(instance_id, devices), lambda jobs: not jobs,
+                  deadline_s, 0.05, 1.0,
+                  what=f"libvirt jobs on {instance_id} ({', '.join(devices)})")

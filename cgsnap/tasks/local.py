@@ -24,6 +24,8 @@ from cgsnap.tasks.base import CgsnapTask
 LOG = logging.getLogger(__name__)
 
 
+JOBS_DEADLINE_S = 300.0  # libvirt calls of a dead process still running: wait this long
+
 OVERLAY_KINDS = (manifest_mod.KIND_LOCAL_QCOW2, manifest_mod.KIND_GLANCE_IMAGE)
 
 
@@ -103,14 +105,29 @@ def put_disks_back(hypervisor, instance_id, devices, set_id):
     """Commit back every one of ``devices`` still running on an overlay in
     this set's directory, then remove the directory (overlays, copies,
     memory image).  Returns what could not be undone; the directory is kept
-    while any disk still uses a file in it.  Used by reverts and recovery."""
+    while any disk of any domain still uses a file in it.  Used by reverts,
+    recovery and the delete flow.
+
+    First it waits out libvirt calls still running on the domain (a snapshot
+    or block job started by a process that died): committing or deleting
+    under them would race them."""
     out_dir = set_dir(set_id)
     problems = []
+    if devices:
+        try:
+            hypervisor.wait_for_jobs(instance_id, devices, JOBS_DEADLINE_S)
+        except exception.NotFound:
+            devices = []  # the instance is gone: it runs on nothing here
+        except exception.CgsnapError as e:
+            return [f"libvirt jobs still running on {instance_id} ({e}); nothing was "
+                    "committed or deleted"]
     for dev in devices:
         try:
             src = hypervisor.disk_source(instance_id, dev)
             if src and src.startswith(out_dir + os.sep):
                 hypervisor.commit_active_layer(instance_id, dev)
+        except exception.NotFound:
+            continue  # the instance or the disk is gone; the in-use check still runs
         except exception.CgsnapError as e:
             problems.append(f"disk {dev} still on its overlay ({e})")
     if not problems:
@@ -182,9 +199,18 @@ class RecordMemoryImage(CgsnapTask):
 
 
 class DeleteLocalCopies(CgsnapTask):
-    """Delete flow: remove this set's copies (only files in its own directory),
-    never while a guest still runs on a file in it (:mod:`cgsnap.diskuse`)."""
+    """Delete flow: remove this set's copies (only files in its own directory).
+    A disk of the set's instance still on an overlay here (a failed set whose
+    commit back failed) is committed back first; the directory is never
+    removed while a guest still runs on a file in it (:mod:`cgsnap.diskuse`)."""
 
-    def execute(self, set_id):
+    def execute(self, set_id, manifest):
         self.fault_point()
-        diskuse.remove_tree(set_dir(set_id), hypervisor=self.drivers.hypervisor)
+        if not os.path.lexists(set_dir(set_id)):
+            return
+        devices = [m["device"] for m in overlay_members(manifest)]
+        problems = put_disks_back(self.drivers.hypervisor, manifest["instance_id"], devices,
+                                  set_id)
+        if problems:
+            diskuse.check_unused(set_dir(set_id), hypervisor=self.drivers.hypervisor)
+            raise exception.CleanupIncomplete(f"set {set_id}: " + "; ".join(problems))

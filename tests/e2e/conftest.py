@@ -38,7 +38,8 @@ def libvirtd():
     run_testguest("build")
     run_testguest("libvirtd-start")
     yield URI
-    run_testguest("down")
+    if os.environ.get("CGSNAP_E2E_KEEP_LIBVIRTD") != "1":  # shared libvirtd: keep it up
+        run_testguest("down")
 
 
 class RealGuest:
@@ -97,7 +98,7 @@ class RealGuest:
 
 @pytest.fixture(scope="module")
 def real_guest_name(libvirtd):
-    name = "cgsnap-e2e"
+    name = os.environ.get("CGSNAP_E2E_GUEST", "cgsnap-e2e")
     run_testguest("boot", name, "--fresh", "--interval", "0.02", timeout=180)
     yield name
     run_testguest("destroy", name)

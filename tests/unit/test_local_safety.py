@@ -106,7 +106,7 @@ def test_delete_of_a_set_refuses_while_a_guest_runs_on_its_files(guest, local_di
     overlay = _qcow2(os.path.join(path, "vda.overlay.qcow2"))
     libvirt_driver.connection(guest.uri).createXML(_disk_domain("files-u3", overlay, "vda"), 0)
     with pytest.raises(diskuse.InUse) as err:
-        local.DeleteLocalCopies().execute(set_id)
+        local.DeleteLocalCopies().execute(set_id, {"instance_id": guest.id, "members": []})
     assert err.value.exit_code == exception.EXIT_CLEANUP
     assert "files-u3" in str(err.value) and "vda" in str(err.value)
     assert os.path.exists(overlay)
@@ -131,7 +131,7 @@ def test_unknown_domains_count_as_in_use(guest, local_dir, monkeypatch):
 
     monkeypatch.setattr(guest.hypervisor, "disk_users", broken)
     with pytest.raises(diskuse.InUse, match="cannot list the domains"):
-        local.DeleteLocalCopies().execute(set_id)
+        local.DeleteLocalCopies().execute(set_id, {"instance_id": guest.id, "members": []})
     assert os.path.isdir(path)
 
 
@@ -193,6 +193,51 @@ def test_commit_that_stalls_fails_and_aborts_its_job(monkeypatch):
     with pytest.raises(exception.SnapshotFailed, match="no progress"):
         hyp.commit_active_layer("x", "vdb", 0.2)
     assert dom.aborted and not dom.pivoted
+
+
+# -- recover waits for libvirt calls still running (defect 17) -------------------
+
+class _BusyDomain(_CommitDomain):
+    """A guest on an overlay in the set directory, with a snapshot call of a
+    dead cgsnap still running for ``busy_polls`` job-info queries."""
+
+    def __init__(self, overlay, busy_polls):
+        super().__init__(total=10, rate=5)
+        self.overlay, self.busy_polls, self.committed_while_busy = overlay, busy_polls, None
+
+    def XMLDesc(self, flags):
+        return _disk_domain("files-stub", self.overlay if not self.pivoted else "/srv/orig.qcow2")
+
+    def jobInfo(self):
+        if self.busy_polls > 0:
+            self.busy_polls -= 1
+            return [libvirt.VIR_DOMAIN_JOB_UNBOUNDED] + [0] * 11
+        return [libvirt.VIR_DOMAIN_JOB_NONE] + [0] * 11
+
+    def blockCommit(self, *a):
+        self.committed_while_busy = self.busy_polls > 0
+        super().blockCommit(*a)
+
+
+def test_recover_waits_for_a_snapshot_call_still_running(monkeypatch, local_dir):
+    set_id, path = _old_set_dir()
+    dom = _BusyDomain(os.path.join(path, "vdb.overlay.qcow2"), busy_polls=3)
+    hyp = _stub_hypervisor(monkeypatch, dom)
+    monkeypatch.setattr(hyp, "disk_users", lambda: [], raising=False)
+    assert local.put_disks_back(hyp, "x", ["vdb"], set_id) == []
+    assert dom.committed_while_busy is False and dom.busy_polls == 0
+    assert dom.pivoted and not os.path.exists(path)
+
+
+def test_recover_gives_up_on_jobs_that_never_end_and_deletes_nothing(monkeypatch, local_dir):
+    set_id, path = _old_set_dir()
+    dom = _BusyDomain(os.path.join(path, "vdb.overlay.qcow2"), busy_polls=10 ** 9)
+    hyp = _stub_hypervisor(monkeypatch, dom)
+    monkeypatch.setattr(hyp, "disk_users", lambda: [], raising=False)
+    monkeypatch.setattr(local, "JOBS_DEADLINE_S", 0.3, raising=False)
+    problems = local.put_disks_back(hyp, "x", ["vdb"], set_id)
+    assert len(problems) == 1 and "still running" in problems[0]
+    assert dom.committed_while_busy is None and os.path.isdir(path)
 
 
 # -- XML escaping -------------------------------------------------------------------
