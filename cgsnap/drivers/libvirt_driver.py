@@ -123,6 +123,18 @@ def disk_chains(domain_xml):
     return out
 
 
+def _resolve_dac_label(label):
+    import grp
+    import pwd
+    user, _, group = label.strip().partition(":")
+    try:
+        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
+        gid = int(group[1:]) if group.startswith("+") else grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        return None
+    return uid, gid
+
+
 def _xml_attr(text):
     """Escape ``text`` for an XML attribute quoted with ``'`` (or ``"``)."""
     return xml_escape(text, {"'": "&apos;", '"': "&quot;"})
@@ -301,6 +313,17 @@ class LibvirtHypervisor:
                 for disk in disk_chains(xml):
                     out.append(dict(disk, domain=name, id=uuid))
         return out
+
+    def qemu_dac_user(self, instance_id):
+        """``(uid, gid)`` QEMU runs as under libvirt's DAC driver, from the
+        running domain's ``<seclabel model='dac'>`` label (``+uid:+gid`` or
+        names); None when there is no DAC label (no security driver) or it
+        cannot be resolved."""
+        root = ET.fromstring(self._domain(instance_id).XMLDesc(0))
+        for sec in root.findall("./seclabel"):
+            if sec.get("model") == "dac" and sec.findtext("label"):
+                return _resolve_dac_label(sec.findtext("label"))
+        return None
 
     def block_job_active(self, instance_id, device):
         try:

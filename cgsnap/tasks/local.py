@@ -40,6 +40,67 @@ def set_dir(set_id):
     return os.path.join(os.path.abspath(os.path.expanduser(base)), set_id)
 
 
+def ensure_set_dir(set_id):
+    """Create the set's directory (and ``local_dir``) with mode 0711: QEMU must
+    traverse it to open an overlay by its path.  Refuses (exit 4) if it
+    cannot be made."""
+    path = set_dir(set_id)
+    try:
+        state.make_dir(os.path.dirname(path))
+        state.make_dir(path)
+    except OSError as e:
+        raise exception.Refused(f"cannot create {path}: {e.strerror}") from None
+    return path
+
+
+def blocked_for(path, uid, gid):
+    """The first directory on the way to ``path`` (itself included) that
+    ``uid``/``gid`` (and the user's other groups, where known) may not
+    search, or None.  Root may search anything."""
+    if uid == 0:
+        return None
+    import pwd
+    groups = {gid}
+    try:
+        groups.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        pass  # a uid without a name here (libvirtd's own passwd): its primary group only
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        st = os.stat(d)
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return d, st
+    return None
+
+
+def check_qemu_reaches(hypervisor, instance, out_dir):
+    """Refuse before the freeze if QEMU (running as its DAC user) could not
+    open an overlay in ``out_dir``: the snapshot would fail inside the window.
+    A root user's default ``local_dir`` under /root (0700) is the usual case."""
+    who = hypervisor.qemu_dac_user(instance["id"]) if instance.get("active") else None
+    if who is None:
+        return
+    blocked = blocked_for(out_dir, *who)
+    if blocked:
+        d, st = blocked
+        try:
+            os.rmdir(out_dir)  # refused before anything was written: leave nothing
+        except OSError:
+            pass
+        raise exception.Refused(
+            f"QEMU runs {instance['name']} as uid {who[0]} (libvirt's DAC driver), which cannot "
+            f"reach {out_dir}: {d} is mode {st.st_mode & 0o777:04o}, owner uid {st.st_uid}; set "
+            "[snapshot] local_dir to a directory whose every parent it may search (for example "
+            "/var/lib/cgsnap/local)")
+
+
 class CheckLocalDisks(CgsnapTask):
     """Before the freeze: every local member is a file we can snapshot, and
     the copy directory has room for all of them."""
@@ -56,11 +117,8 @@ class CheckLocalDisks(CgsnapTask):
                 f"disks {', '.join(m['device'] for m in members)} are file-backed and "
                 f"{self.drivers.hypervisor.uri} cannot take disk-only snapshots")
         disks = {d["device"]: d for d in instance["disks"]}
-        out_dir = set_dir(set_id)
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            raise exception.Refused(f"cannot create {out_dir}: {e.strerror}") from None
+        out_dir = ensure_set_dir(set_id)
+        check_qemu_reaches(self.drivers.hypervisor, instance, out_dir)
         plan, need = {}, 0
         for m in members:
             disk = disks[m["device"]]
@@ -174,6 +232,7 @@ class ExportLocalDisks(CgsnapTask):
                 if proc.returncode != 0:
                     raise exception.SnapshotFailed(
                         f"copy of {dev} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                state.secure_file(tmp)  # qemu-img writes 0644 whatever the umask says
                 os.replace(tmp, p["copy"])
                 hyp.commit_active_layer(instance["id"], dev)
             diskuse.remove_file(p["overlay"], hypervisor=hyp)
@@ -190,6 +249,7 @@ class RecordMemoryImage(CgsnapTask):
         self.fault_point()
         if not memory_plan:
             return None
+        state.secure_file(memory_plan["path"])  # the guest's RAM: keys, passwords
         digest = hashlib.sha256()
         with open(memory_plan["path"], "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -265,3 +265,41 @@ def test_snapshot_xml_escapes_quotes_in_paths(monkeypatch):
     root = ET.fromstring(dom.xml)
     assert root.find("./disks/disk/source").get("file") == overlay
     assert root.find("./memory").get("file") == memory
+
+
+# -- modes (defect 10) ---------------------------------------------------------------
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def test_state_and_local_files_are_private_whatever_the_umask(local_dir):
+    from cgsnap import lock, state
+    from cgsnap.catalog import Catalog
+    old = os.umask(0o022)  # the usual loose umask: cgsnap must not depend on main's
+    try:
+        assert _mode(state.state_dir()) == 0o711
+        Catalog(state.catalog_url()).list()
+        catalog_db = os.path.join(state.state_dir(), "catalog.db")
+        assert _mode(catalog_db) == 0o600
+        CONF.clear_override("persistence_connection")
+        assert state.persistence_url().endswith("/flows.db")
+        assert _mode(os.path.join(state.state_dir(), "flows.db")) == 0o600
+        with lock.instance_lock("files-modes", "test"):
+            pass
+        assert _mode(os.path.join(state.lock_dir(), "files-modes.lock")) == 0o600
+        assert _mode(os.path.join(state.lock_dir(), "schema.lock")) == 0o600
+        assert _mode(state.lock_dir()) == 0o700
+        path = local.ensure_set_dir(str(uuid.uuid4()))
+        assert _mode(path) == 0o711 and _mode(os.path.dirname(path)) == 0o711
+    finally:
+        os.umask(old)
+
+
+def test_cli_main_sets_umask_077(tmp_path):
+    import sys
+    code = ("import os; from cgsnap.cli import main as m; "
+            "m.run = lambda *a, **k: print(oct(os.umask(0o022))) or 0; m.main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(tmp_path), check=False)
+    assert proc.stdout.strip() == "0o77", proc.stderr
