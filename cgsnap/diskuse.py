@@ -96,8 +96,8 @@ def _real(path):
 def users_of(path, users):
     """The entries of ``users`` whose file is ``path`` or lies under it."""
     target = _real(path)
-    return [u for u in users
-            if _real(u["path"]) == target or _real(u["path"]).startswith(target + os.sep)]
+    return [u for u in users if os.path.isabs(u["path"])  # not a network volume's name
+            and (_real(u["path"]) == target or _real(u["path"]).startswith(target + os.sep))]
 
 
 def check_unused(path, users=None, hypervisor=None):

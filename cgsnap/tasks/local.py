@@ -235,7 +235,10 @@ class ExportLocalDisks(CgsnapTask):
                 state.secure_file(tmp)  # qemu-img writes 0644 whatever the umask says
                 os.replace(tmp, p["copy"])
                 hyp.commit_active_layer(instance["id"], dev)
-            diskuse.remove_file(p["overlay"], hypervisor=hyp)
+            try:
+                diskuse.remove_file(p["overlay"], hypervisor=hyp)
+            except diskuse.InUse as e:  # the copy is good; the set's delete retries this
+                LOG.warning("kept the overlay of %s: %s", dev, e)
             out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"])}
         return out
 
