@@ -232,7 +232,7 @@ class ExportLocalDisks(CgsnapTask):
                 if proc.returncode != 0:
                     raise exception.SnapshotFailed(
                         f"copy of {dev} failed: {proc.stderr.strip().splitlines()[-1:]}")
-                state.secure_file(tmp)  # qemu-img writes 0644 whatever the umask says
+                state.secure_file(tmp)  # the guest's data: 0600 whatever the umask is
                 os.replace(tmp, p["copy"])
                 hyp.commit_active_layer(instance["id"], dev)
             try:
