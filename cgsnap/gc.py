@@ -2,7 +2,8 @@
 
 Candidates are Cinder snapshots and Glance images carrying cgsnap metadata
 (``cgsnap_set_id``), Cinder group snapshots whose description names a cgsnap
-set, and set directories under ``local_dir``.  One is
+set, and set directories under ``local_dir`` (named by a set id, and never one a
+guest still runs on: :mod:`cgsnap.diskuse`).  One is
 collected when its set is not ``available`` / ``creating`` / ``deleting`` in
 the catalog (it failed and its revert could not finish, or it was made out of
 band) and it is older than the grace period.  A snapshot that a volume was
@@ -21,7 +22,6 @@ manifest does not verify are never collected.
 
 import datetime
 import os
-import shutil
 
 from cgsnap import drivers as drivers_mod
 from cgsnap import exception, manifest, naming, state
@@ -130,16 +130,39 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
                 continue
             consider("cinder-snapshot", snap, drv.volumes.delete_snapshot,
                      clones.get(snap["id"], ()))
+    _collect_local_dirs(consider)
+    return rows
+
+
+def _collect_local_dirs(consider):
+    """Set directories under ``local_dir``: only directories named by a set id
+    (anything else there is not cgsnap's), and never one a guest still uses
+    (:mod:`cgsnap.diskuse`)."""
+    from cgsnap import diskuse
+    from cgsnap.drivers.libvirt_driver import is_uuid
     from cgsnap.tasks import local
     root = os.path.dirname(local.set_dir("x"))
-    if os.path.isdir(root):
-        for set_id in sorted(os.listdir(root)):
-            path = os.path.join(root, set_id)
-            item = {"id": path, "name": set_id, "metadata": {naming.META_SET_ID: set_id},
-                    "created_at": datetime.datetime.fromtimestamp(
-                        os.path.getmtime(path), datetime.timezone.utc).isoformat()}
-            consider("local-dir", item, lambda p: shutil.rmtree(p))
-    return rows
+    if not os.path.isdir(root):
+        return
+    users = []
+
+    def _delete(path):
+        if not users:  # list the domains once, on the first delete
+            users.append(diskuse.disk_users())
+        diskuse.remove_tree(path, users[0])
+
+    for set_id in sorted(os.listdir(root)):
+        path = os.path.join(root, set_id)
+        if not is_uuid(set_id) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            mtime = os.path.getmtime(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile (a delete or revert)
+        item = {"id": path, "name": set_id, "metadata": {naming.META_SET_ID: set_id},
+                "created_at": datetime.datetime.fromtimestamp(
+                    mtime, datetime.timezone.utc).isoformat()}
+        consider("local-dir", item, _delete)
 
 
 def _ours(meta, this_catalog, known_sets, known_instances, rows, row):

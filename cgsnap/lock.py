@@ -16,8 +16,9 @@ from cgsnap import exception, state, wait
 @contextlib.contextmanager
 def instance_lock(instance_id, operation, wait_s=0.0):
     path = os.path.join(state.lock_dir(), f"{instance_id}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, state.FILE_MODE)
     try:
+        state.secure_fd(fd)
         try:
             wait.poll(lambda: _try_lock(fd), bool, wait_s, initial=0.05, maximum=0.5,
                       what="lock")
@@ -50,8 +51,9 @@ def schema_lock():
     while the schema is checked."""
     with _schema_thread_lock:
         fd = os.open(os.path.join(state.lock_dir(), "schema.lock"), os.O_RDWR | os.O_CREAT,
-                     0o644)
+                     state.FILE_MODE)
         try:
+            state.secure_fd(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:

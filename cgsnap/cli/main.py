@@ -242,6 +242,7 @@ def run(argv=None, stdout=None, stderr=None):
 
 
 def main():
+    os.umask(0o077)  # catalog, logbooks, locks, copies, memory images: owner only
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         sys.exit(run())

@@ -135,6 +135,53 @@ def parse_disks(domain_xml, device="disk"):
     return disks
 
 
+def disk_chains(domain_xml):
+    """Every disk's files (any device type): ``[{"device", "files", "chain_known"}]``.
+
+    ``files`` is the active layer first, then the backing chain as libvirt
+    reports it in ``<backingStore>``.  ``chain_known`` is False when libvirt
+    did not report the chain (inactive XML, old libvirt): then the caller must
+    find the backing files itself."""
+    out = []
+    for el in ET.fromstring(domain_xml).findall("./devices/disk"):
+        target = el.find("target")
+        files, node, known = [], el, False
+        while node is not None:
+            src = node.find("source")
+            if src is not None:
+                path = src.get("file") or src.get("dev") or src.get("dir")
+                if path:
+                    files.append(path)
+            node = node.find("backingStore")
+            if node is not None:
+                known = True
+        if files:
+            out.append({"device": target.get("dev") if target is not None else "?",
+                        "files": files, "chain_known": known})
+    return out
+
+
+def _resolve_dac_label(label):
+    import grp
+    import pwd
+    user, _, group = label.strip().partition(":")
+    try:
+        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
+        gid = int(group[1:]) if group.startswith("+") else grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        return None
+    return uid, gid
+
+
+def _xml_attr(text):
+    """Escape ``text`` for an XML attribute quoted with ``'`` (or ``"``)."""
+    return xml_escape(text, {"'": "&apos;", '"': "&quot;"})
+
+
+COMMIT_BASE_S = 60.0  # a commit with nothing left to copy still gets this long
+COMMIT_MIN_RATE = 8 << 20  # bytes/s: slower than this for a whole stretch = stalled
+
+
 class LibvirtHypervisor:
     """:class:`cgsnap.drivers.base.Hypervisor` on libvirt."""
 
@@ -322,10 +369,10 @@ class LibvirtHypervisor:
             dev = disk["device"]
             if dev in overlays:
                 parts.append(f"<disk name='{dev}' snapshot='external'><driver type='qcow2'/>"
-                             f"<source file='{xml_escape(overlays[dev])}'/></disk>")
+                             f"<source file='{_xml_attr(overlays[dev])}'/></disk>")
             else:
                 parts.append(f"<disk name='{dev}' snapshot='no'/>")
-        memory = (f"<memory snapshot='external' file='{xml_escape(memory_file)}'/>"
+        memory = (f"<memory snapshot='external' file='{_xml_attr(memory_file)}'/>"
                   if memory_file else "")
         xml = ("<domainsnapshot><name>cgsnap-" + os.urandom(4).hex() + "</name>" + memory
                + "<disks>" + "".join(parts) + "</disks></domainsnapshot>")
@@ -341,16 +388,55 @@ class LibvirtHypervisor:
                 f"disk-only snapshot of {dom.name()} failed: {e.get_error_message()}") from None
         faults.point("hypervisor.snapshot_disks.after")
 
+    def disk_users(self):
+        """Every disk of every domain of this URI, active and inactive:
+        ``[{"domain", "id", "device", "files", "chain_known"}]`` (both the
+        live and the persistent definition of a running domain)."""
+        out = []
+        for dom in self.conn.listAllDomains(0):
+            try:
+                name, uuid = dom.name(), dom.UUIDString()
+                xmls = [dom.XMLDesc(0)]
+                if dom.isActive() and dom.isPersistent():
+                    xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined while we looked: it uses nothing any more
+                raise
+            for xml in xmls:
+                for disk in disk_chains(xml):
+                    out.append(dict(disk, domain=name, id=uuid))
+        return out
+
+    def qemu_dac_user(self, instance_id):
+        """``(uid, gid)`` QEMU runs as under libvirt's DAC driver, from the
+        running domain's ``<seclabel model='dac'>`` label (``+uid:+gid`` or
+        names); None when there is no DAC label (no security driver) or it
+        cannot be resolved."""
+        root = ET.fromstring(self._domain(instance_id).XMLDesc(0))
+        for sec in root.findall("./seclabel"):
+            if sec.get("model") == "dac" and sec.findtext("label"):
+                return _resolve_dac_label(sec.findtext("label"))
+        return None
+
     def block_job_active(self, instance_id, device):
         try:
             return bool(self._domain(instance_id).blockJobInfo(device, 0))
         except libvirt.libvirtError:
             return False
 
-    def commit_active_layer(self, instance_id, device, deadline_s=60.0):
+    def commit_active_layer(self, instance_id, device, deadline_s=COMMIT_BASE_S,
+                            min_rate=COMMIT_MIN_RATE):
         """Merge a disk's active overlay back into its backing file and pivot
         to it (the disk chain ends as it began).  On failure the job is
-        aborted, so the disk is never left inside a block job."""
+        aborted, so the disk is never left inside a block job.
+
+        The wait follows libvirt's block-job progress (``blockJobInfo``
+        cur/end): each stretch may last ``deadline_s`` plus the bytes left
+        divided by ``min_rate`` (bytes/s), and a new stretch starts while the
+        job makes progress; it fails only when a whole stretch passes with no
+        progress.  An active-commit job already running on the disk (a
+        commit whose process died) is adopted, not started twice."""
         dom = self._domain(instance_id)
         faults.point("hypervisor.block_commit")
         flags = (libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
@@ -368,8 +454,10 @@ class LibvirtHypervisor:
                 raise
 
         try:
-            dom.blockCommit(device, None, None, 0, flags)
-            wait.poll(_try_pivot, bool, deadline_s, 0.01, 0.2, what=f"block commit of {device}")
+            job = dom.blockJobInfo(device, 0)
+            if not job or job.get("type") != libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
+                dom.blockCommit(device, None, None, 0, flags)
+            self._wait_with_progress(dom, device, _try_pivot, deadline_s, min_rate)
             wait.poll(lambda: dom.blockJobInfo(device, 0), lambda info: not info,
                       deadline_s, 0.01, 0.2, what=f"pivot of {device}")
         except (libvirt.libvirtError, exception.WaitTimeout) as e:
@@ -380,3 +468,55 @@ class LibvirtHypervisor:
             msg = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
             raise exception.SnapshotFailed(
                 f"block commit of {device} on {dom.name()} failed: {msg}") from None
+
+    @staticmethod
+    def _wait_with_progress(dom, device, probe, base_s, min_rate):
+        """Poll ``probe`` until it is true; each stretch's deadline scales with
+        the bytes the block job has left, and is renewed while ``cur`` grows."""
+        last_cur, stretch = -1, base_s
+        while True:
+            info = dom.blockJobInfo(device, 0) or {}
+            cur, end = int(info.get("cur", 0)), int(info.get("end", 0))
+            if cur <= last_cur:
+                raise exception.WaitTimeout(
+                    f"block commit of {device} made no progress for {stretch:.1f}s "
+                    f"({cur} of {end} bytes)")
+            last_cur = cur
+            stretch = base_s + max(end - cur, 0) / float(min_rate)
+            try:
+                wait.poll(probe, bool, stretch, 0.01, 0.2, what=f"block commit of {device}")
+                return
+            except exception.WaitTimeout:
+                continue  # go round: fail only if the job did not move
+
+    def running_jobs(self, instance_id, devices):
+        """libvirt calls still running on the domain: a domain job (an
+        external snapshot, a save) and block jobs on ``devices`` other than
+        an active commit that is ready to pivot (that one waits for us)."""
+        dom = self._domain(instance_id)
+        out = []
+        try:
+            if dom.jobInfo()[0] in (libvirt.VIR_DOMAIN_JOB_BOUNDED,
+                                    libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
+                out.append("a domain job (snapshot, save or migration)")
+        except libvirt.libvirtError:
+            pass  # not running, or the driver has no job info: no job
+        for dev in devices:
+            try:
+                info = dom.blockJobInfo(dev, 0)
+            except libvirt.libvirtError:
+                continue
+            if not info:
+                continue
+            ready = (info.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
+                     and info.get("end", 0) > 0 and info.get("cur") == info.get("end"))
+            if not ready:
+                out.append(f"a block job on {dev} ({info.get('cur')}/{info.get('end')})")
+        return out
+
+    def wait_for_jobs(self, instance_id, devices, deadline_s):
+        """Wait until :meth:`running_jobs` is empty; raise WaitTimeout naming them."""
+        faults.point("hypervisor.wait_for_jobs")
+        wait.poll(lambda: self.running_jobs(instance_id, devices), lambda jobs: not jobs,
+                  deadline_s, 0.05, 1.0,
+                  what=f"libvirt jobs on {instance_id} ({', '.join(devices)})")

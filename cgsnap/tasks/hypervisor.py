@@ -150,8 +150,7 @@ class CheckMemory(CgsnapTask):
             raise exception.Refused(
                 f"--memory needs a running guest on a real hypervisor ({hyp.uri})")
         from cgsnap.tasks import local
-        out_dir = local.set_dir(set_id)
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir = local.ensure_set_dir(set_id)
         facts = hyp.machine_facts(instance["id"])
         need = facts["memory_mib"] << 20
         free = shutil.disk_usage(out_dir).free

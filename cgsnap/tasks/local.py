@@ -16,13 +16,15 @@ import subprocess
 
 from oslo_log import log as logging
 
-from cgsnap import exception, faults, state
+from cgsnap import diskuse, exception, faults, state
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask
 
 LOG = logging.getLogger(__name__)
 
+
+JOBS_DEADLINE_S = 300.0  # libvirt calls of a dead process still running: wait this long
 
 OVERLAY_KINDS = (manifest_mod.KIND_LOCAL_QCOW2, manifest_mod.KIND_GLANCE_IMAGE)
 
@@ -48,6 +50,67 @@ def remove_empty_set_dir(set_id):
         pass
 
 
+def ensure_set_dir(set_id):
+    """Create the set's directory (and ``local_dir``) with mode 0711: QEMU must
+    traverse it to open an overlay by its path.  Refuses (exit 4) if it
+    cannot be made."""
+    path = set_dir(set_id)
+    try:
+        state.make_dir(os.path.dirname(path))
+        state.make_dir(path)
+    except OSError as e:
+        raise exception.Refused(f"cannot create {path}: {e.strerror}") from None
+    return path
+
+
+def blocked_for(path, uid, gid):
+    """The first directory on the way to ``path`` (itself included) that
+    ``uid``/``gid`` (and the user's other groups, where known) may not
+    search, or None.  Root may search anything."""
+    if uid == 0:
+        return None
+    import pwd
+    groups = {gid}
+    try:
+        groups.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        pass  # a uid without a name here (libvirtd's own passwd): its primary group only
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        st = os.stat(d)
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return d, st
+    return None
+
+
+def check_qemu_reaches(hypervisor, instance, out_dir):
+    """Refuse before the freeze if QEMU (running as its DAC user) could not
+    open an overlay in ``out_dir``: the snapshot would fail inside the window.
+    A root user's default ``local_dir`` under /root (0700) is the usual case."""
+    who = hypervisor.qemu_dac_user(instance["id"]) if instance.get("active") else None
+    if who is None:
+        return
+    blocked = blocked_for(out_dir, *who)
+    if blocked:
+        d, st = blocked
+        try:
+            os.rmdir(out_dir)  # refused before anything was written: leave nothing
+        except OSError:
+            pass
+        raise exception.Refused(
+            f"QEMU runs {instance['name']} as uid {who[0]} (libvirt's DAC driver), which cannot "
+            f"reach {out_dir}: {d} is mode {st.st_mode & 0o777:04o}, owner uid {st.st_uid}; set "
+            "[snapshot] local_dir to a directory whose every parent it may search (for example "
+            "/var/lib/cgsnap/local)")
+
+
 class CheckLocalDisks(CgsnapTask):
     """Before the freeze: every local member is a file we can snapshot, and
     the copy directory has room for all of them."""
@@ -64,11 +127,8 @@ class CheckLocalDisks(CgsnapTask):
                 f"disks {', '.join(m['device'] for m in members)} are file-backed and "
                 f"{self.drivers.hypervisor.uri} cannot take disk-only snapshots")
         disks = {d["device"]: d for d in instance["disks"]}
-        out_dir = set_dir(set_id)
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            raise exception.Refused(f"cannot create {out_dir}: {e.strerror}") from None
+        out_dir = ensure_set_dir(set_id)
+        check_qemu_reaches(self.drivers.hypervisor, instance, out_dir)
         plan, need = {}, 0
         for m in members:
             disk = disks[m["device"]]
@@ -116,18 +176,38 @@ def put_disks_back(hypervisor, instance_id, devices, set_id):
     """Commit back every one of ``devices`` still running on an overlay in
     this set's directory, then remove the directory (overlays, copies,
     memory image).  Returns what could not be undone; the directory is kept
-    while any disk still uses a file in it.  Used by reverts and recovery."""
+    while any disk of any domain still uses a file in it.  Used by reverts,
+    recovery and the delete flow.
+
+    First it waits out libvirt calls still running on the domain (a snapshot
+    or block job started by a process that died): committing or deleting
+    under them would race them."""
     out_dir = set_dir(set_id)
     problems = []
+    if devices:
+        try:
+            hypervisor.wait_for_jobs(instance_id, devices, JOBS_DEADLINE_S)
+        except exception.NotFound:
+            devices = []  # the instance is gone: it runs on nothing here
+        except exception.CgsnapError as e:
+            return [f"libvirt jobs still running on {instance_id} ({e}); nothing was "
+                    "committed or deleted"]
     for dev in devices:
         try:
             src = hypervisor.disk_source(instance_id, dev)
             if src and src.startswith(out_dir + os.sep):
                 hypervisor.commit_active_layer(instance_id, dev)
+        except exception.NotFound:
+            continue  # the instance or the disk is gone; the in-use check still runs
         except exception.CgsnapError as e:
             problems.append(f"disk {dev} still on its overlay ({e})")
     if not problems:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            diskuse.remove_tree(out_dir, hypervisor=hypervisor)
+        except diskuse.InUse as e:
+            problems.append(str(e))
+        except OSError as e:
+            problems.append(f"cannot remove {out_dir}: {e.strerror}")
     return problems
 
 
@@ -165,12 +245,13 @@ class ExportLocalDisks(CgsnapTask):
                 if proc.returncode != 0:
                     raise exception.SnapshotFailed(
                         f"copy of {dev} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                state.secure_file(tmp)  # the guest's data: 0600 whatever the umask is
                 os.replace(tmp, p["copy"])
                 hyp.commit_active_layer(instance["id"], dev)
             try:
-                os.remove(p["overlay"])
-            except FileNotFoundError:
-                pass
+                diskuse.remove_file(p["overlay"], hypervisor=hyp)
+            except diskuse.InUse as e:  # the copy is good; the set's delete retries this
+                LOG.warning("kept the overlay of %s: %s", dev, e)
             out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"])}
         return out
 
@@ -184,6 +265,7 @@ class RecordMemoryImage(CgsnapTask):
         self.fault_point()
         if not memory_plan:
             return None
+        state.secure_file(memory_plan["path"])  # the guest's RAM: keys, passwords
         digest = hashlib.sha256()
         with open(memory_plan["path"], "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -193,10 +275,18 @@ class RecordMemoryImage(CgsnapTask):
 
 
 class DeleteLocalCopies(CgsnapTask):
-    """Delete flow: remove this set's copies (only files in its own directory)."""
+    """Delete flow: remove this set's copies (only files in its own directory).
+    A disk of the set's instance still on an overlay here (a failed set whose
+    commit back failed) is committed back first; the directory is never
+    removed while a guest still runs on a file in it (:mod:`cgsnap.diskuse`)."""
 
-    def execute(self, set_id):
+    def execute(self, set_id, manifest):
         self.fault_point()
-        path = set_dir(set_id)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
+        if not os.path.lexists(set_dir(set_id)):
+            return
+        devices = [m["device"] for m in overlay_members(manifest)]
+        problems = put_disks_back(self.drivers.hypervisor, manifest["instance_id"], devices,
+                                  set_id)
+        if problems:
+            diskuse.check_unused(set_dir(set_id), hypervisor=self.drivers.hypervisor)
+            raise exception.CleanupIncomplete(f"set {set_id}: " + "; ".join(problems))

@@ -44,11 +44,12 @@ def libvirtd():
 
 
 class RealGuest:
-    def __init__(self, name, tmp_path):
+    def __init__(self, name, tmp_path, uri=URI):
         self.name = name
+        self.uri = uri
         self.dir = os.path.join(TGDIR, "domains", name)
         self.console = os.path.join(self.dir, "console.log")
-        self.conn = libvirt.open(URI)
+        self.conn = libvirt.open(uri)
         self.dom = self.conn.lookupByName(name)
         self.id = self.dom.UUIDString()
         self.tmp = tmp_path
@@ -58,7 +59,7 @@ class RealGuest:
 
     def write_conf(self, local_disks="qcow2", clouds_yaml=None):
         text = (f"[DEFAULT]\nstate_dir = {self.tmp}/state\n"
-                f"[libvirt]\nuri = {URI}\nfreeze_timeout = 30\n"
+                f"[libvirt]\nuri = {self.uri}\nfreeze_timeout = 30\n"
                 f"[snapshot]\nlocal_disks = {local_disks}\nlocal_dir = {self.tmp}/local\n")
         if clouds_yaml:
             text += f"[openstack]\ncloud = devcloud\nclouds_yaml = {clouds_yaml}\n"

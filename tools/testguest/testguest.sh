@@ -8,7 +8,7 @@ shopt -u patsub_replacement 2>/dev/null || true
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 TG=${TESTGUEST_DIR:-$REPO/.testguest}
-URI=qemu:///system
+URI=${TESTGUEST_URI:-qemu:///system}  # TESTGUEST_URI: e.g. dac-libvirtd.sh uri
 SOCK=/run/libvirt/libvirt-sock
 SYS_PIDFILE=/run/libvirtd.pid
 export LIBVIRT_DEFAULT_URI=$URI
@@ -241,6 +241,10 @@ render_xml() {
     tpl=${tpl//@INITRD@/$TG/initrd.img}
     tpl=${tpl//@CMDLINE_EXTRA@/$CMDLINE_EXTRA}
     tpl=${tpl//@CONSOLE_LOG@/$TG/domains/$name/console.log}
+    if [ -n "$QEMU_USER" ]; then  # QEMU runs as this user under libvirt's DAC driver
+        local sec="  <seclabel type='static' model='dac' relabel='yes'><label>$QEMU_USER</label></seclabel>"
+        tpl="${tpl%</domain>*}$sec"$'\n''</domain>'
+    fi
     printf '%s\n' "$tpl"
 }
 
@@ -257,7 +261,7 @@ wait_agent() { # name timeout
 }
 
 declare -A SERIAL=() DISKPATH=()
-MEMORY_MB=256 CMDLINE_EXTRA="" FRESH=0 WAIT=1 TIMEOUT=${TESTGUEST_BOOT_TIMEOUT:-120}
+MEMORY_MB=256 CMDLINE_EXTRA="" QEMU_USER="" FRESH=0 WAIT=1 TIMEOUT=${TESTGUEST_BOOT_TIMEOUT:-120}
 parse_dom_opts() {
     while [ $# -gt 0 ]; do
         case "$1" in
@@ -266,6 +270,7 @@ parse_dom_opts() {
             --interval) CMDLINE_EXTRA+=" tg.interval=$2"; shift 2 ;;
             --no-workload) CMDLINE_EXTRA+=" tg.workload=0"; shift ;;
             --memory) MEMORY_MB=$2; shift 2 ;;
+            --qemu-user) [[ "$2" =~ ^\+[0-9]+:\+[0-9]+$ ]] || die "--qemu-user +UID:+GID"; QEMU_USER=$2; shift 2 ;;
             --fresh) FRESH=1; shift ;;
             --no-wait) WAIT=0; shift ;;
             --timeout) TIMEOUT=$2; shift 2 ;;
@@ -301,6 +306,12 @@ cmd_boot() {
                 "$([ $d = vda ] && echo "$ROOT_SIZE" || echo "$DATA_SIZE")"
         done
         render_xml "$NAME" >"$D/domain.xml"
+        : >"$D/console.log"
+        if [ -n "$QEMU_USER" ]; then  # dynamic_ownership may be 0: hand QEMU its files
+            local u=${QEMU_USER%%:*} g=${QEMU_USER##*:}
+            for d in "${DISKS[@]}"; do chown "${u#+}:${g#+}" "${DISKPATH[$d]}"; done
+            chown "${u#+}:${g#+}" "$D/console.log"; chmod 0711 "$D"
+        fi
         virsh define "$D/domain.xml" >/dev/null
         : >"$D/console.log"
         virsh start "$NAME" >/dev/null
@@ -374,7 +385,7 @@ usage: $0 COMMAND
   build                      apt deps, newest Debian cloud kernel, initramfs (idempotent)
   libvirtd-start|libvirtd-stop
   boot NAME [--serial vdX=ID]... [--disk vdX=/path]... [--interval S] [--no-workload]
-            [--memory MB] [--fresh] [--no-wait] [--timeout S]
+            [--memory MB] [--qemu-user +UID:+GID] [--fresh] [--no-wait] [--timeout S]
   xml NAME [same options]    print the domain XML
   destroy NAME [--keep-disks]
   down                       destroy all domains, stop libvirtd
