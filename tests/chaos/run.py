@@ -53,6 +53,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tests.chaos import cgsnapw  # noqa: E402
+from tests.chaos import post as post_mod  # noqa: E402
+
+SUMMARY_COUNTS = ("frozen_past_deadline", "orphans", "in_use_deleted", "lost", "duplicates")
+# Also checked (a case fails on them), reported on the line before the summary.
+EXTRA_COUNTS = ("manifest", "false_consistency")
+HOOK_VARS = ("CGSNAP_FAULT", "CHAOS_BARRIER", "CHAOS_RAISE", "CHAOS_FREEZE_REPORT")
 
 CLOUDS = os.environ.get("CGSNAP_TEST_CLOUDS_YAML", os.path.join(ROOT, ".devcloud", "clouds.yaml"))
 # The dev cloud the clouds.yaml belongs to: <repo>/.devcloud/clouds.yaml.
@@ -281,7 +287,7 @@ class RealGuest:
 
     def dom(self):
         import libvirt
-        for attempt in range(20):
+        for _attempt in range(20):
             try:
                 return self.conn.lookupByName(self.name)
             except libvirt.libvirtError:
@@ -454,10 +460,12 @@ class Case:
         self.outputs = []     # recover/gc/create text: where cgsnap names what needs an admin
         self.params = {}
         self.target = None
-        self.violations = {k: [] for k in ("frozen_past_deadline", "orphans", "in_use_deleted",
-                                           "lost", "duplicates", "manifest")}
+        self.violations = {k: [] for k in EXTRA_COUNTS + SUMMARY_COUNTS}
         self.frozen_s = 0.0
         self.paused_s = 0.0
+        self.recover_env = None  # a fault that persists into the next cron's recover
+        self.post_results = {}
+        self.notes = []
 
     # -- configs ---------------------------------------------------------------
     def conf(self, target, label="a", catalog=None, persistence=None, local_dir=None):
@@ -488,9 +496,7 @@ class Case:
 
     # -- running the CLI -------------------------------------------------------
     def cli(self, conf, *args, env=None, timeout=120):
-        e = dict(os.environ)
-        for k in ("CGSNAP_FAULT", "CHAOS_BARRIER", "CHAOS_RAISE", "CHAOS_FREEZE_REPORT"):
-            e.pop(k, None)
+        e = {k: v for k, v in os.environ.items() if k not in HOOK_VARS}
         e.update(env or {})
         try:
             proc = subprocess.run([*cgsnapw.COMMAND, "--config-file", conf, *args],
@@ -508,9 +514,7 @@ class Case:
         if key:
             args += ["--idempotency-key", key]
             self.keys.add(key)
-        e = dict(os.environ)
-        for k in ("CGSNAP_FAULT", "CHAOS_BARRIER", "CHAOS_RAISE", "CHAOS_FREEZE_REPORT"):
-            e.pop(k, None)
+        e = {k: v for k, v in os.environ.items() if k not in HOOK_VARS}
         e.update(env or {})
         bdir = None
         if barrier:
@@ -563,18 +567,44 @@ class Case:
         return self.finish(self.start_create(conf, target, **kw))
 
     # -- after the case --------------------------------------------------------
+    def post(self):
+        """recover, gc --grace-period 0, list and show on every catalog the case
+        used (tests/chaos/post.py: one process for all of it)."""
+        spec = {"confs": self.confs, "recover_env": self.recover_env, "show_all": bool(self.keys)}
+        e = {k: v for k, v in os.environ.items() if k not in HOOK_VARS}
+        try:
+            proc = subprocess.run([*post_mod.COMMAND, json.dumps(spec)], capture_output=True,
+                                  text=True, timeout=600, env=e, cwd=self.dir)
+            self.post_results = json.loads(proc.stdout)
+        except (subprocess.TimeoutExpired, ValueError) as ex:
+            raise HarnessError(f"post-case recover/gc did not complete: {ex}") from None
+        for r in self.post_results.values():
+            for cmd in ("recover", "gc"):
+                self.outputs.append(r[cmd][1] + r[cmd][2])
+            for cmd in ("recover", "gc", "list"):
+                if r[cmd][0] != 0:
+                    self.notes.append(f"{cmd} exit {r[cmd][0]}: {r[cmd][2].strip()[:300]}")
+
     def sets(self, conf):
-        rc, out, err = self.cli(conf, "list", "-f", "json")
+        """Every set of this catalog; full documents for the available ones (and
+        for all when the case used idempotency keys)."""
+        r = self.post_results[conf]
+        rc, out, err = r["list"]
         if rc != 0:
             self.violations["manifest"].append(f"list exit {rc}: {err.strip()[:300]}")
             return []
-        rows = json.loads(out)
         docs = []
-        for r in rows:
-            rc, out, err = self.cli(conf, "show", r["id"], "-f", "json")
+        for row in json.loads(out):
+            if row.get("status") == "corrupt":
+                self.violations["manifest"].append(f"set {row['id']} listed as corrupt")
+            if row["id"] not in r["show"]:
+                docs.append(row)
+                continue
+            rc, out, err = r["show"][row["id"]]
             if rc != 0:
-                self.violations["manifest"].append(f"show {r['id']} exit {rc}: {err.strip()[:200]}")
-                docs.append(r)
+                self.violations["manifest"].append(
+                    f"show {row['id']} exit {rc}: {err.strip()[:200]}")
+                docs.append(row)
             else:
                 docs.append(json.loads(out))
         return docs
@@ -647,7 +677,8 @@ def rg_agent_stalls_in_window(case, t):
     s = case.params["stall_s"] = round(case.rng.uniform(0.5, 2.5), 2)
     t.guest_sh(
         "P=$(pidof qemu-ga); i=0; "
-        "while [ ! -e /run/qga.state.isfrozen ] && [ $i -lt 1500 ]; do sleep 0.01; i=$((i+1)); done; "
+        "while [ ! -e /run/qga.state.isfrozen ] && [ $i -lt 1500 ]; do "
+        "sleep 0.01; i=$((i+1)); done; "
         f"[ -e /run/qga.state.isfrozen ] && {{ kill -STOP $P; sleep {s}; kill -CONT $P; }}")
     case.create(case.conf(t), t)
 
@@ -769,6 +800,9 @@ def td_cinder_sigkill(case, t):
 @kind(2, "rg")
 def rg_blockcommit_fails(case, t):
     """libvirt's block commit back to the original disk fails (the revert's too)."""
+    # The condition lasts (a large, busy disk outlives the commit's limit): the
+    # next cron's recover meets it too; gc comes after.
+    case.recover_env = {"CHAOS_RAISE": "hypervisor.block_commit=99"}
     case.create(case.conf(t), t, env={"CHAOS_RAISE": "hypervisor.block_commit=2"})
 
 
@@ -827,14 +861,16 @@ def td_postgres_restart(case, t):
 
 # ------------------------------------------------------------------ the run --
 class Run:
-    def __init__(self, seed, n, only=None, kinds=None, keep=False):
+    def __init__(self, seed, n, only=None, kinds=None, keep=False, verbose=False):
         self.seed, self.n, self.only, self.keep = seed, n, only, keep
+        self.verbose = verbose
         self.kinds = kinds
         self.workdir = tempfile.mkdtemp(prefix="cgsnap-chaos-")
         self.lab = None
         self.targets = {}
         self._pg = None
         self.results = []
+        self.swept = set()  # snapshots the sweep force-deleted (they may linger 'deleting')
 
     def plan(self):
         rng = random.Random(self.seed)
@@ -859,8 +895,8 @@ class Run:
         return self.targets[which]
 
     def pg_url(self):
-        if self._pg is None:
-            self._pg = sh(SQLDB, "url", "postgresql", "cgsnap_chaos", timeout=600).stdout.strip()
+        """A fresh (re-created) PostgreSQL database for this case."""
+        self._pg = sh(SQLDB, "url", "postgresql", "cgsnap_chaos", timeout=600).stdout.strip()
         return self._pg
 
     def run_case(self, index, seed, kname):
@@ -886,12 +922,16 @@ class Run:
             if rec["rc"] is None:
                 case.release(rec)
                 case.finish(rec)
-        # What the next cron run does, on every host/catalog the case used.
-        for conf in case.confs:
-            case.cli(conf, "recover", "-f", "json")
-            case.cli(conf, "gc", "--grace-period", "0", "-f", "json")
+        phases = {"scenario": time.monotonic() - t0}
         if sampler:
-            time.sleep(0.3)
+            # Before any recover: the promise is that nobody has to come by.
+            self.wait_out_window(sampler)
+            phases["window"] = time.monotonic() - t0 - sum(phases.values())
+        # What the next cron run does, on every host/catalog the case used.
+        case.post()
+        phases["recover+gc"] = time.monotonic() - t0 - sum(phases.values())
+        if sampler:
+            time.sleep(0.2)
             samples = sampler.stop()
             case.frozen_s = longest_span(samples, _frozen)
             case.paused_s = longest_span(samples, _paused)
@@ -905,8 +945,12 @@ class Run:
                 case.violations["frozen_past_deadline"].append(
                     f"paused {case.paused_s:.1f}s, now {'paused' if paused else 'running'}")
         self.check(case, t, before)
+        phases["check"] = time.monotonic() - t0 - sum(phases.values())
         secs = time.monotonic() - t0
         self.sweep(case, t)
+        phases["sweep"] = time.monotonic() - t0 - sum(phases.values())
+        if self.verbose:
+            log("    phases: " + " ".join(f"{k}={v:.1f}s" for k, v in phases.items()))
         ok = not error and not any(case.violations.values())
         res = {"index": index, "seed": seed, "kind": kname, "ok": ok, "secs": secs,
                "counts": {k: len(v) for k, v in case.violations.items()},
@@ -928,6 +972,23 @@ class Run:
                     log(f"    create {r['name']} rc={r['rc']}: {r['err'].splitlines()[-1][:300]}")
         return res
 
+    @staticmethod
+    def wait_out_window(sampler):
+        """If the guest was seen frozen and is not seen thawed since, wait until the
+        deadline (first frozen sample + the limit) has passed or it thaws."""
+        def open_freeze():
+            first = None
+            for t, fs, _ in list(sampler.samples):
+                if fs == "frozen" and first is None:
+                    first = t
+                elif fs == "thawed":
+                    first = None
+            return first
+        first = open_freeze()
+        while first is not None and time.monotonic() < first + FROZEN_LIMIT + 0.5:
+            time.sleep(0.1)
+            first = open_freeze()
+
     def check(self, case, t, before):
         live, by_name, by_key = {}, {}, {}
         for conf in case.confs:
@@ -938,6 +999,20 @@ class Run:
                     by_name.setdefault(doc.get("name"), set()).add(doc["id"])
                     if doc.get("idempotency_key"):
                         by_key.setdefault(doc["idempotency_key"], set()).add(doc["id"])
+        # false_consistency: an available set claims filesystem consistency that the
+        # window cannot back (over freeze_timeout, or nothing frozen)
+        for doc in live.values():
+            if doc.get("consistency") != "filesystem":
+                continue
+            fr = doc.get("freeze") or {}
+            window = fr.get("window_s") or 0.0
+            if len(case.creates) == 1 and t.kind == "rg":
+                window = max(window, case.frozen_s)
+            if window > FREEZE_TIMEOUT or not fr.get("filesystems_frozen"):
+                case.violations["false_consistency"].append(
+                    f"set {doc['id']} is filesystem-consistent with window {window:.2f}s "
+                    f"(freeze_timeout {FREEZE_TIMEOUT}s), filesystems_frozen="
+                    f"{fr.get('filesystems_frozen')}")
         # duplicates
         for name, ids in by_name.items():
             if len(ids) > 1:
@@ -961,6 +1036,8 @@ class Run:
         text = "\n".join(case.outputs)
         live_snaps = {m.get("snapshot_id") for d in live.values() for m in d.get("members", [])}
         for s in self.lab.snapshots_of(t.volume_ids):
+            if s.id in self.swept:
+                continue
             if s.id in live_snaps or (s.metadata or {}).get("cgsnap_set_id") in live:
                 continue
             if s.status == "creating" and s.id in text and "reset" in text:
@@ -987,15 +1064,12 @@ class Run:
                     case.violations["in_use_deleted"].append(f"{f} (in the disk chain) is gone")
 
     def sweep(self, case, t):
-        """Start the next case clean, whatever this one left (after counting)."""
-        for conf in case.confs:
-            rc, out, _ = case.cli(conf, "list", "-f", "json")
-            if rc == 0:
-                ids = [r["id"] for r in json.loads(out)]
-                if ids:
-                    case.cli(conf, "delete", *ids)
+        """Start the next case clean, whatever this one left (after counting).
+        The case's catalogs are thrown away with its directory."""
         for s in self.lab.snapshots_of(t.volume_ids):
-            self.lab.force_delete_snapshot(s.id)
+            if s.id not in self.swept:
+                self.swept.add(s.id)
+                self.lab.force_delete_snapshot(s.id)
         for img in self.lab.images_of({t.id}):
             try:
                 self.lab.glance.images.delete(img["id"])
@@ -1013,12 +1087,16 @@ class Run:
         log(f"chaos: seed={self.seed} cases={self.n} workdir={self.workdir} "
             f"freeze_timeout={FREEZE_TIMEOUT}s agent_timeout={AGENT_TIMEOUT}s "
             f"frozen limit={FROZEN_LIMIT}s")
-        self.lab = Lab()
+        rc = 0
         try:
+            self.lab = Lab()
             for index, seed, kname in plan:
                 if self.only is not None and index not in self.only:
                     continue
                 self.run_case(index, seed, kname)
+        except HarnessError as e:
+            log(f"chaos: cannot run: {e}")
+            rc = 2
         finally:
             for t in self.targets.values():
                 try:
@@ -1029,13 +1107,11 @@ class Run:
                 sh(SQLDB, "drop", "postgresql", "cgsnap_chaos", check=False)
             if not self.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-        return self.summary()
+        return self.summary() or rc
 
     def summary(self):
         res = self.results
-        totals = {k: sum(r["counts"][k] for r in res) for k in
-                  ("frozen_past_deadline", "orphans", "in_use_deleted", "lost", "duplicates",
-                   "manifest")}
+        totals = {k: sum(r["counts"][k] for r in res) for k in SUMMARY_COUNTS + EXTRA_COUNTS}
         passed = sum(r["ok"] for r in res)
         failed = [r for r in res if not r["ok"]]
         if res:
@@ -1046,6 +1122,7 @@ class Run:
             broke = ",".join(k for k, v in r["counts"].items() if v) or "harness error"
             log(f"failed: case {r['index']} {r['kind']} seed={r['seed']} ({broke}); re-run: "
                 f"make chaos CHAOS_SEED={self.seed} CHAOS_CASES={self.n} CHAOS_ONLY={r['index']}")
+        log("chaos: also " + ", ".join(f"{k}={totals[k]}" for k in EXTRA_COUNTS))
         log(f"chaos: {len(res)} cases, {passed} passed, {len(res) - passed} failed, "
             f"frozen_past_deadline={totals['frozen_past_deadline']}, "
             f"orphans={totals['orphans']}, in_use_deleted={totals['in_use_deleted']}, "
@@ -1063,6 +1140,7 @@ def main(argv=None):
                    help="comma-separated case kinds to draw from (default: all)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--list-kinds", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each case's phase times")
     args = p.parse_args(argv)
     if args.list_kinds:
         for k, fn in CATALOGUE.items():
@@ -1074,13 +1152,7 @@ def main(argv=None):
         seed = int(env) if env else random.SystemRandom().randrange(1, 2**31)
     only = {int(x) for x in args.only.split(",")} if args.only else None
     kinds = set(args.kinds.split(",")) if args.kinds else None
-    try:
-        return Run(seed, args.cases, only, kinds, args.keep).main()
-    except HarnessError as e:
-        log(f"chaos: cannot run: {e}")
-        log(f"chaos: 0 cases, 0 passed, 0 failed, frozen_past_deadline=0, orphans=0, "
-            f"in_use_deleted=0, lost=0, duplicates=0, seed={seed}")
-        return 2
+    return Run(seed, args.cases, only, kinds, args.keep, args.verbose).main()
 
 
 if __name__ == "__main__":
