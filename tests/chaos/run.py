@@ -173,10 +173,11 @@ def _signal(pid, sig):
 
 # ------------------------------------------------------------- dev cloud ----
 def cinder_pid():
+    """The dev cloud's cinder process (API, scheduler and volume service in one)."""
     out = sh(DEVCLOUD_SH, "status", check=False, timeout=60).stdout
-    m = re.search(r"^cinder\s+up\s+\S+\s+pid=(\d+)", out, re.M)
-    if not m:
-        raise HarnessError(f"cinder is not up ({DEVCLOUD_SH} status:\n{out})")
+    m = re.search(r"^cinder\s+\S+\s+\S+\s+pid=(\d+)", out, re.M)
+    if not m or not os.path.exists(f"/proc/{m.group(1)}"):
+        raise HarnessError(f"cinder is not running ({DEVCLOUD_SH} status:\n{out})")
     return int(m.group(1))
 
 
@@ -272,6 +273,8 @@ class RealGuest:
         self.boot()
 
     def boot(self):
+        os.environ.setdefault("TESTGUEST_ROOT_SIZE", "24M")  # small: quick local copies
+        os.environ.setdefault("TESTGUEST_DATA_SIZE", "24M")
         testguest("boot", self.name, "--fresh", "--interval", "0.05",
                   *[a for dev, v in zip(("vdb", "vdc", "vdd"), self.vols)
                     for a in ("--serial", f"{dev}={v}")], timeout=240)
@@ -402,7 +405,7 @@ class RealGuest:
 class Sampler(threading.Thread):
     """Samples the real guest's freeze (from qemu-ga) and pause state."""
 
-    def __init__(self, guest, interval=0.05):
+    def __init__(self, guest, interval=0.1):
         super().__init__(daemon=True)
         self.guest, self.interval = guest, interval
         self.samples = []  # (monotonic, fs, paused)
@@ -466,12 +469,15 @@ class Case:
         self.recover_env = None  # a fault that persists into the next cron's recover
         self.post_results = {}
         self.notes = []
+        self.after = []  # undo of the case's own fault, run once the guest is healed
 
     # -- configs ---------------------------------------------------------------
     def conf(self, target, label="a", catalog=None, persistence=None, local_dir=None):
         state = os.path.join(self.dir, f"state-{label}")
         path = os.path.join(self.dir, f"cgsnap-{label}.conf")
-        text = f"[DEFAULT]\nstate_dir = {state}\n"
+        # Each label is a host: `[DEFAULT] host` (an unknown option is ignored by
+        # a cgsnap that does not have it yet).
+        text = f"[DEFAULT]\nstate_dir = {state}\nhost = chaos-host-{label}\n"
         if catalog:
             text += f"catalog_connection = {catalog}\n"
         if persistence:
@@ -649,7 +655,7 @@ def td_thaw_fails_n(case, t):
     case.create(case.conf(t), t, env={"CHAOS_RAISE": f"hypervisor.thaw={n}"})
 
 
-@kind(3, "rg")
+@kind(2, "rg")
 def rg_thaw_fails_n(case, t):
     """The thaw call fails N times, then succeeds, on the real guest: qemu-ga
     must end thawed within the deadline."""
@@ -659,18 +665,19 @@ def rg_thaw_fails_n(case, t):
 
 @kind(2, "td")
 def td_fewer_filesystems(case, t):
+    """The agent's freeze answer reports one filesystem fewer, or none (test driver)."""
     mode = case.params["report"] = case.rng.choice(["minus1", "zero"])
     case.create(case.conf(t), t, env={"CHAOS_FREEZE_REPORT": mode})
 
 
-@kind(2, "rg")
+@kind(1, "rg")
 def rg_fewer_filesystems(case, t):
     """The agent reports fewer filesystems than it froze (all 4 really frozen)."""
     mode = case.params["report"] = case.rng.choice(["minus1", "zero"])
     case.create(case.conf(t), t, env={"CHAOS_FREEZE_REPORT": mode})
 
 
-@kind(4, "rg")
+@kind(2, "rg")
 def rg_agent_stalls_in_window(case, t):
     """qemu-ga really stops (SIGSTOP inside the guest) the moment it has frozen,
     for S seconds, then continues: whoever thaws must keep trying."""
@@ -683,7 +690,7 @@ def rg_agent_stalls_in_window(case, t):
     case.create(case.conf(t), t)
 
 
-@kind(2, "rg")
+@kind(1, "rg")
 def rg_agent_stalls_before_freeze(case, t):
     """qemu-ga stops just before the freeze call and comes back after
     agent_timeout: the freeze times out (and may land late)."""
@@ -697,7 +704,32 @@ def rg_agent_stalls_before_freeze(case, t):
     case.finish(rec)
 
 
-@kind(3, "rg")
+@kind(1, "rg")
+def rg_freeze_answers_late(case, t):
+    """The freeze really takes longer than agent_timeout: just before it, the
+    guest dirties a few MB on vdb and vdb is throttled (QEMU I/O limits), so
+    fsfreeze's sync is slow; libvirt gives up after agent_timeout and the
+    freeze lands later, after cgsnap's own thaw.  The throttle is lifted
+    when the create returns."""
+    import libvirt
+    mb = case.params["dirty_mb"] = case.rng.randint(3, 8)
+    bps = case.params["bytes_s"] = case.rng.choice([500_000, 1_000_000])
+    rec = case.start_create(case.conf(t), t, barrier="hypervisor.freeze")
+    try:
+        if case.wait_barrier(rec):
+            t.guest_sh(f"dd if=/dev/zero of=/mnt/d1/chaos.junk bs=1M count={mb} 2>/dev/null",
+                       wait=True)
+            t.dom().setBlockIoTune("vdb", {"total_bytes_sec": bps},
+                                   libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        case.release(rec)
+        case.finish(rec)
+    finally:
+        case.release(rec)
+        t.dom().setBlockIoTune("vdb", {"total_bytes_sec": 0}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        case.after.append(lambda: t.guest_sh("rm -f /mnt/d1/chaos.junk", wait=True))
+
+
+@kind(2, "rg")
 def rg_libvirtd_restart(case, t):
     """The private libvirtd is restarted inside the window (QEMU keeps running)."""
     point = case.params["at"] = case.rng.choice(INSIDE_WINDOW[:3])
@@ -736,8 +768,9 @@ def td_cgroup_stop(case, t):
     _cgroup_kill(case, t, round(case.rng.uniform(0.5, 3.0), 1))
 
 
-@kind(3, "rg")
+@kind(2, "rg")
 def rg_cgroup_stop(case, t):
+    """`systemctl stop` of cgsnap's service inside the window, on the real guest."""
     _cgroup_kill(case, t, round(case.rng.uniform(0.5, 3.0), 1))
 
 
@@ -771,8 +804,9 @@ def td_cinder_sigstop(case, t):
                             "volume.create_snapshot"])
 
 
-@kind(3, "rg")
+@kind(2, "rg")
 def rg_cinder_sigstop(case, t):
+    """cinder's process is SIGSTOPped inside the real guest's window."""
     _cinder_stall(case, t, ["hypervisor.freeze.after", "task.SnapshotVolumes",
                             "volume.create_snapshot"])
 
@@ -810,7 +844,11 @@ def rg_blockcommit_fails(case, t):
 def td_second_host_gc(case, t):
     """Live migration: host A's catalog holds available sets of the instance,
     host B (its own catalog) takes a set and runs gc."""
-    a, b = case.conf(t, "a"), case.conf(t, "b")
+    shared = None
+    if case.rng.random() < 0.5:  # two host names on one shared catalog
+        shared = f"sqlite:///{os.path.join(case.dir, 'shared-catalog.db')}"
+    case.params["shared_catalog"] = bool(shared)
+    a, b = case.conf(t, "a", catalog=shared), case.conf(t, "b", catalog=shared)
     case.create(a, t)
     case.create(b, t)
     case.cli(b, "gc", "--grace-period", "0", "-f", "json")
@@ -821,7 +859,9 @@ def td_shared_catalog_recover(case, t):
     """Two hosts, one shared catalog: B's recover runs while A is inside its window."""
     shared = f"sqlite:///{os.path.join(case.dir, 'shared-catalog.db')}"
     a, b = case.conf(t, "a", catalog=shared), case.conf(t, "b", catalog=shared)
-    point = case.params["at"] = case.rng.choice(["task.SnapshotVolumes", "hypervisor.thaw"])
+    # Inside A's window, or after A's thaw just before A finalizes.
+    point = case.params["at"] = case.rng.choice(["task.SnapshotVolumes", "task.FinalizeSet",
+                                                 "task.FinalizeSet"])
     rec = case.start_create(a, t, barrier=point)
     try:
         if case.wait_barrier(rec):
@@ -1077,6 +1117,11 @@ class Run:
                 pass
         if t.kind == "rg":
             t.heal()
+        for fn in case.after:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                log(f"    (undo failed: {e})")
         if not self.keep:
             in_use = t.chain_files() if t.kind == "rg" else set()
             if not any(f.startswith(case.dir + os.sep) for f in in_use):
