@@ -744,11 +744,11 @@ def rg_libvirtd_restart(case, t):
     case.finish(rec)
 
 
-def _cgroup_kill(case, t, grace):
-    point = case.params["at"] = case.rng.choice(INSIDE_WINDOW)
+def _cgroup_kill(case, t, grace, points=INSIDE_WINDOW, extra=()):
+    point = case.params["at"] = case.rng.choice(points)
     case.params["grace"] = grace
     cg = Cgroup(f"chaos-{os.getpid()}-{case.index}")
-    rec = case.start_create(case.conf(t), t, barrier=point, cgroup=cg)
+    rec = case.start_create(case.conf(t), t, barrier=point, cgroup=cg, extra=extra)
     try:
         if case.wait_barrier(rec):
             case.release(rec)
@@ -779,6 +779,16 @@ def rg_cgroup_kill(case, t):
     """`systemctl kill -s KILL` / a cgroup OOM kill: SIGKILL to every process
     of the cgroup at once, the thaw guard included if it is still there."""
     _cgroup_kill(case, t, None)
+
+
+@kind(1, "rg")
+def rg_memory_cgroup_kill(case, t):
+    """`--memory` (the guest is paused, not frozen): cgsnap's cgroup is stopped
+    (SIGTERM + grace) or killed (SIGKILL to all) while the guest is paused."""
+    grace = case.rng.choice([None, round(case.rng.uniform(0.5, 2.0), 1)])
+    points = ["hypervisor.snapshot_disks", "hypervisor.snapshot_disks.after",
+              "task.SnapshotVolumes"]
+    _cgroup_kill(case, t, grace, points=points, extra=("--memory",))
 
 
 def _cinder_stall(case, t, points):
@@ -1006,7 +1016,9 @@ class Run:
                 log(f"    {k}: {item}")
         if error:
             log("    harness error: " + error.strip().replace("\n", "\n    "))
-        if not ok:
+        if not ok or self.verbose:
+            if t.kind == "rg":
+                log(f"    paused={case.paused_s:.1f}s")
             for r in case.creates:
                 if r["err"]:
                     log(f"    create {r['name']} rc={r['rc']}: {r['err'].splitlines()[-1][:300]}")
@@ -1015,13 +1027,14 @@ class Run:
     @staticmethod
     def wait_out_window(sampler):
         """If the guest was seen frozen and is not seen thawed since, wait until the
-        deadline (first frozen sample + the limit) has passed or it thaws."""
+        deadline (first frozen sample + the limit) has passed or it thaws (paused:
+        the same, until it runs)."""
         def open_freeze():
             first = None
-            for t, fs, _ in list(sampler.samples):
-                if fs == "frozen" and first is None:
+            for t, fs, paused in list(sampler.samples):
+                if (fs == "frozen" or paused) and first is None:
                     first = t
-                elif fs == "thawed":
+                elif fs != "frozen" and paused is False:
                     first = None
             return first
         first = open_freeze()
