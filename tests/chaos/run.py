@@ -287,6 +287,7 @@ class RealGuest:
             self.lab.lab.admin.volumes.reset_state(v, "available", attach_status="detached")
             self.lab.lab.attach(v, self.id)
         self.original = self.chain_files()
+        self.original_sources = self.sources()
 
     def dom(self):
         import libvirt
@@ -382,6 +383,17 @@ class RealGuest:
             self.dom().blockJobAbort("vda", 0)
         except Exception:  # noqa: BLE001
             pass
+        # A disk left on an overlay (even a deleted one: QEMU holds it open) is
+        # committed back, which is quicker than a reboot.
+        from cgsnap.drivers.libvirt_driver import LibvirtHypervisor
+        hyp = LibvirtHypervisor(URI, AGENT_TIMEOUT)
+        original = self.original_sources
+        for dev, src in self.sources().items():
+            if src != original.get(dev):
+                try:
+                    hyp.commit_active_layer(self.id, dev)
+                except Exception as e:  # noqa: BLE001
+                    log(f"    (commit of {dev} back to its original failed: {e})")
         ok = False
         try:
             ok = (self.chain_files() == self.original and self.state()[0] == "thawed"
@@ -1155,6 +1167,9 @@ class Run:
         except HarnessError as e:
             log(f"chaos: cannot run: {e}")
             rc = 2
+        except KeyboardInterrupt:
+            log(f"chaos: interrupted after {len(self.results)} cases; cleaning up")
+            rc = 130
         finally:
             for t in self.targets.values():
                 try:
