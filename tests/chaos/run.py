@@ -927,7 +927,7 @@ class Run:
         self.seed, self.n, self.only, self.keep = seed, n, only, keep
         self.verbose = verbose
         self.kinds = kinds
-        self.workdir = tempfile.mkdtemp(prefix="cgsnap-chaos-")
+        self.workdir = None
         self.lab = None
         self.targets = {}
         self._pg = None
@@ -1154,6 +1154,7 @@ class Run:
 
     def main(self):
         plan = self.plan()
+        self.workdir = tempfile.mkdtemp(prefix="cgsnap-chaos-")
         log(f"chaos: seed={self.seed} cases={self.n} workdir={self.workdir} "
             f"freeze_timeout={FREEZE_TIMEOUT}s agent_timeout={AGENT_TIMEOUT}s "
             f"frozen limit={FROZEN_LIMIT}s")
