@@ -389,11 +389,15 @@ class RealGuest:
         hyp = LibvirtHypervisor(URI, AGENT_TIMEOUT)
         original = self.original_sources
         for dev, src in self.sources().items():
-            if src != original.get(dev):
+            for attempt in (1, 2):  # the 1st call after a libvirtd restart may hit a dead socket
+                if src == original.get(dev):
+                    break
                 try:
                     hyp.commit_active_layer(self.id, dev)
+                    break
                 except Exception as e:  # noqa: BLE001
-                    log(f"    (commit of {dev} back to its original failed: {e})")
+                    if attempt == 2:
+                        log(f"    (commit of {dev} back to its original failed: {e})")
         ok = False
         try:
             ok = (self.chain_files() == self.original and self.state()[0] == "thawed"
