@@ -239,17 +239,24 @@ class TestDriverInstance:
 
     kind = "td"
 
-    def __init__(self, lab, workdir):
+    def __init__(self, lab, workdir, group_type=None):
         self.lab = lab
         self.id = str(uuid.uuid4())
-        self.name = f"chaos-td-{self.id[:6]}"
-        self.volume_ids = lab.volumes(self.id, 3, f"{self.name}")
-        self.uri = lab.mod.write_node(os.path.join(workdir, "node.xml"), [
+        self.name = f"chaos-td{'g' if group_type else ''}-{self.id[:6]}"
+        self.group_type = group_type
+        # With a group type, every volume is in one group: one group snapshot.
+        self.group_ids = [lab.lab.create_group(group_type, f"{self.name}-group")] \
+            if group_type else []
+        self.volume_ids = lab.lab.create_attached_volumes(
+            self.id, 3, 1, self.name, group_id=self.group_ids[0] if group_type else None)
+        self.uri = lab.mod.write_node(os.path.join(workdir, f"{self.name}.xml"), [
             lab.mod.domain_xml(self.name, self.id, self.volume_ids[0], self.volume_ids[1:])])
-        self.group_ids = []
 
     def conf_text(self):
-        return f"[libvirt]\nuri = {self.uri}\n[snapshot]\nlocal_disks = skip\n"
+        text = f"[libvirt]\nuri = {self.uri}\n[snapshot]\nlocal_disks = skip\n"
+        if self.group_type:
+            text += f"consistent_group_types = {self.group_type}\n"
+        return text
 
     def teardown(self):
         self.lab.lab.delete_volumes(self.volume_ids)
@@ -837,6 +844,22 @@ def rg_cinder_sigstop(case, t):
                             "volume.create_snapshot"])
 
 
+@kind(2, "tdg")
+def tdg_cinder_sigstop(case, t):
+    """A consistency-group instance (one group snapshot): cinder's process is
+    SIGSTOPped inside the window."""
+    _cinder_stall(case, t, ["task.SnapshotVolumes", "volume.create_group_snapshot.after",
+                            "volume.get_group_snapshot"])
+
+
+@kind(1, "tdg")
+def tdg_cgroup_stop(case, t):
+    """A consistency-group instance: `systemctl stop` inside the window or
+    while the group snapshot's members are tagged."""
+    _cgroup_kill(case, t, round(case.rng.uniform(0.5, 3.0), 1),
+                 points=["volume.create_group_snapshot.after", "task.TagGroupSnapshotMembers"])
+
+
 @kind(1, "td")
 def td_cinder_sigkill(case, t):
     """cinder's process is SIGKILLed inside the window, then restarted (rare:
@@ -954,6 +977,9 @@ class Run:
         if which not in self.targets:
             if which == "td":
                 self.targets[which] = TestDriverInstance(self.lab, self.workdir)
+            elif which == "tdg":
+                self.targets[which] = TestDriverInstance(self.lab, self.workdir,
+                                                         "fake-consistent")
             else:
                 testguest("build", timeout=900)
                 testguest("libvirtd-start", timeout=120)
@@ -1135,6 +1161,11 @@ class Run:
     def sweep(self, case, t):
         """Start the next case clean, whatever this one left (after counting).
         The case's catalogs are thrown away with its directory."""
+        for gid in t.group_ids:  # group snapshots first: Cinder keeps their members
+            try:
+                self.lab.lab.delete_group_snapshots(gid)
+            except Exception as e:  # noqa: BLE001
+                log(f"    (group snapshot cleanup of {gid}: {e})")
         for s in self.lab.snapshots_of(t.volume_ids):
             if s.id not in self.swept:
                 self.swept.add(s.id)
