@@ -1229,8 +1229,10 @@ class Run:
                 f"({slow['secs']:.1f}s)")
         for r in failed:
             broke = ",".join(k for k, v in r["counts"].items() if v) or "harness error"
+            kinds = f" CHAOS_KINDS={','.join(sorted(self.kinds))}" if self.kinds else ""
             log(f"failed: case {r['index']} {r['kind']} seed={r['seed']} ({broke}); re-run: "
-                f"make chaos CHAOS_SEED={self.seed} CHAOS_CASES={self.n} CHAOS_ONLY={r['index']}")
+                f"make chaos CHAOS_SEED={self.seed} CHAOS_CASES={self.n}{kinds} "
+                f"CHAOS_ONLY={r['index']}")
         log("chaos: also " + ", ".join(f"{k}={totals[k]}" for k in EXTRA_COUNTS))
         log(f"chaos: {len(res)} cases, {passed} passed, {len(res) - passed} failed, "
             f"frozen_past_deadline={totals['frozen_past_deadline']}, "
