@@ -477,7 +477,9 @@ def _paused(fs, paused):
 class Case:
     def __init__(self, run, index, seed, kind):
         self.run, self.index, self.seed, self.kind = run, index, seed, kind
-        self.rng = random.Random(seed)
+        # Not random.Random(seed): that stream's first draw picked the kind, and
+        # would tie every parameter to it.
+        self.rng = random.Random(f"chaos-case-{seed}")
         self.dir = os.path.join(run.workdir, f"case-{index:04d}")
         os.makedirs(self.dir)
         self.confs = []       # every config file the case used (one per catalog/host)

@@ -31,3 +31,12 @@ def test_a_span_still_open_at_the_end_counts_to_the_last_sample():
     samples = [(0.0, "frozen", False), (3.0, "frozen", False), (7.0, "frozen", True)]
     assert run.longest_span(samples, run._frozen) == 7.0
     assert run.longest_span(samples, run._paused) == 0.0
+
+
+def test_a_case_parameters_do_not_follow_from_its_kind(tmp_path):
+    seeds = [s for _, s, k in run.Run(3, 400).plan() if k == "td_thaw_fails_n"]
+    runner = run.Run(3, 1)
+    runner.workdir = str(tmp_path)
+    ns = {run.Case(runner, i, s, "td_thaw_fails_n").rng.randint(1, 7)
+          for i, s in enumerate(seeds)}
+    assert len(ns) >= 4
