@@ -74,6 +74,7 @@ GUARD_MARGIN = 1.0
 SLACK = 2.0          # sampling, TCG guest and scheduling slack on a 2-core machine
 FROZEN_LIMIT = FREEZE_TIMEOUT + GUARD_MARGIN + SLACK
 CREATE_TIMEOUT = 120
+CLEANUP_TIMEOUT = 20
 
 
 def log(msg):
@@ -509,6 +510,8 @@ class Case:
             text += f"persistence_connection = {persistence}\n"
         text += (target.conf_text()
                  + f"local_dir = {local_dir or os.path.join(self.dir, 'local')}\n"
+                 # waits for snapshots a killed Cinder left `creating`: 5 min by default
+                 + f"cleanup_timeout = {CLEANUP_TIMEOUT}\n"
                  + f"[openstack]\ncloud = devcloud\nclouds_yaml = {CLOUDS}\n")
         text = text.replace("[libvirt]\n", f"[libvirt]\nfreeze_timeout = {FREEZE_TIMEOUT}\n"
                             f"agent_timeout = {AGENT_TIMEOUT}\n"
