@@ -6,12 +6,13 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e fault-matrix lint genconfig bench clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e fault-matrix chaos lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
 	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e)"
 	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
+	@echo "make chaos [CHAOS_CASES=60] [CHAOS_SEED=n] [CHAOS_ONLY=i,j] [CHAOS_KINDS=k,...]   seeded soak: faults around cgsnap (docs/safety.md)"
 
 bootstrap: $(VENV)/.cgsnap-installed
 
@@ -50,6 +51,15 @@ e2e: devcloud testguest
 
 fault-matrix: devcloud
 	$(PYTEST) -q -p no:warnings tests/faultmatrix
+
+# The chaos soak (tests/chaos/run.py, docs/safety.md): seeded cases that make the
+# guest agent, libvirtd, cgsnap's cgroup, Cinder, PostgreSQL and a second host
+# misbehave, against the dev cloud and one real guest; the last line is the
+# summary.  A tier that cannot run fails (exit 2), it never skips.
+CHAOS_CASES ?= 60
+chaos: devcloud testguest
+	$(PY) tests/chaos/run.py --cases $(CHAOS_CASES) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) \
+	    $(if $(CHAOS_ONLY),--only $(CHAOS_ONLY)) $(if $(CHAOS_KINDS),--kinds $(CHAOS_KINDS))
 
 # Freeze-window and fleet benchmarks (bench/RESULTS.md); needs the dev cloud.
 bench: devcloud

@@ -1,0 +1,42 @@
+"""The soak's own logic, without the dev cloud: plans are reproducible from the
+seed, a case keeps its sub-seed when run alone, and frozen spans are measured
+conservatively."""
+
+from tests.chaos import run
+
+
+def test_the_same_seed_draws_the_same_cases():
+    a = run.Run(42, 30).plan()
+    assert a == run.Run(42, 30).plan()
+    assert a != run.Run(43, 30).plan()
+    assert {k for _, _, k in run.Run(1, 400).plan()} == set(run.CATALOGUE)
+
+
+def test_a_case_keeps_its_sub_seed_in_a_longer_run():
+    assert run.Run(7, 10).plan() == run.Run(7, 1000).plan()[:10]
+
+
+def test_kinds_filter_draws_only_those_kinds():
+    plan = run.Run(5, 50, kinds={"td_second_host_gc", "rg_cgroup_kill"}).plan()
+    assert {k for _, _, k in plan} == {"td_second_host_gc", "rg_cgroup_kill"}
+
+
+def test_an_unanswered_sample_does_not_end_a_frozen_span():
+    samples = [(0.0, "thawed", False), (1.0, "frozen", False), (2.0, "unknown", None),
+               (8.0, "unknown", None), (9.5, "thawed", False)]
+    assert run.longest_span(samples, run._frozen) == 8.5
+
+
+def test_a_span_still_open_at_the_end_counts_to_the_last_sample():
+    samples = [(0.0, "frozen", False), (3.0, "frozen", False), (7.0, "frozen", True)]
+    assert run.longest_span(samples, run._frozen) == 7.0
+    assert run.longest_span(samples, run._paused) == 0.0
+
+
+def test_a_case_parameters_do_not_follow_from_its_kind(tmp_path):
+    seeds = [s for _, s, k in run.Run(3, 400).plan() if k == "td_thaw_fails_n"]
+    runner = run.Run(3, 1)
+    runner.workdir = str(tmp_path)
+    ns = {run.Case(runner, i, s, "td_thaw_fails_n").rng.randint(1, 7)
+          for i, s in enumerate(seeds)}
+    assert len(ns) >= 4
