@@ -5,6 +5,9 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
+# `make devcloud DEVCLOUD_SHAPE=production`: the production-shaped dev cloud
+# (tools/devcloud/production.sh), beside the default one.
+DEVCLOUD_SHAPE ?= default
 
 .PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e fault-matrix lint genconfig bench clean
 
@@ -19,10 +22,10 @@ $(VENV)/.cgsnap-installed: requirements.txt test-requirements.txt pyproject.toml
 	tools/bootstrap.sh
 
 devcloud: bootstrap
-	tools/devcloud/devcloud.sh start
+	DEVCLOUD_SHAPE=$(DEVCLOUD_SHAPE) tools/devcloud/devcloud.sh start
 
 devcloud-stop:
-	tools/devcloud/devcloud.sh stop
+	DEVCLOUD_SHAPE=$(DEVCLOUD_SHAPE) tools/devcloud/devcloud.sh stop
 
 demo: devcloud
 	$(PY) tools/demo.py
