@@ -14,8 +14,11 @@ failed them the way production does:
 """
 
 import json
+import uuid
 
-from cgsnap import exception
+from cgsnap import exception, naming
+
+from .conftest import CLOUD, CLOUDS
 
 EMOJI_NAME = "nightly \U0001f600 backup \U0001f4be"
 EMOJI_STORED = "nightly \\U0001f600 backup \\U0001f4be"
@@ -41,6 +44,29 @@ def test_four_byte_name_is_stored_escaped(make_instance):
     assert rc == 0 and json.loads(out)["name"] == EMOJI_NAME, err
     assert inst.cgsnap("delete", doc["id"])[0] == 0
     assert inst.cinder_snapshots(doc["id"]) == []
+
+
+def test_four_byte_name_in_glance_image_properties(tmp_path):
+    """A root image carries the same metadata as image properties; Glance's
+    tables are utf8mb3 on the production shape too."""
+    import openstack.config
+
+    from cgsnap.drivers import glance
+    region = openstack.config.OpenStackConfig(config_files=[CLOUDS]).get_one(cloud=CLOUD)
+    images = glance.GlanceBackend(region.get_session(), region_name=region.region_name)
+    set_id, instance_id = str(uuid.uuid4()), str(uuid.uuid4())
+    meta = naming.member_metadata(set_id, instance_id, naming.ROLE_ROOT, "vda", 1, EMOJI_NAME)
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 4096)
+    try:
+        img = images.upload_image(naming.member_name(instance_id, set_id, naming.ROLE_ROOT, "vda"),
+                                  str(disk), meta, disk_format="raw")
+        assert img["status"] == "active"
+        assert img["metadata"][naming.META_SET_NAME] == EMOJI_STORED
+    finally:
+        for i in images.list_images(set_id):
+            images.delete_image(i["id"])
+    assert images.list_images(set_id) == []
 
 
 def _type_quota(lab, kind, vtype="fake"):
