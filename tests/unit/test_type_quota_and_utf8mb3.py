@@ -92,3 +92,40 @@ def test_quota_view_of_cinder_quota_set_detail():
     assert (view["snapshots_max"], view["snapshots_used"]) == (200, 4)
     assert view["types"] == {"__DEFAULT__": {"snapshots_max": 5, "snapshots_used": 2,
                                              "gigabytes_max": -1, "gigabytes_used": 4}}
+
+
+class _Stub:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _backend(quotas_get):
+    b = object.__new__(cinder.CinderBackend)
+    b._quota_detail, b._types = True, {}
+    limits = _Stub(absolute=[_Stub(name="maxTotalSnapshots", value=10),
+                             _Stub(name="totalSnapshotsUsed", value=2)])
+    b.client = _Stub(quotas=_Stub(get=quotas_get), limits=_Stub(get=lambda: limits),
+                     client=_Stub(get_project_id=lambda: "p"))
+    return b
+
+
+def test_limits_fall_back_to_the_limits_call_where_the_detail_is_forbidden():
+    from cinderclient import exceptions as cinder_exc
+    calls = []
+
+    def forbidden(project_id, usage=False):
+        calls.append(project_id)
+        raise cinder_exc.Forbidden(403)
+    b = _backend(forbidden)
+    for _ in range(2):
+        got = b.get_limits()
+        assert (got["snapshots_max"], got["snapshots_used"]) == (10, 2) and "types" not in got
+    assert calls == ["p"]  # asked once; later answers come from the limits call
+
+
+def test_limits_come_from_the_detail_where_readable():
+    detail = {"snapshots": {"limit": 9, "in_use": 1, "reserved": 0},
+              "snapshots_fake": {"limit": 5, "in_use": 0, "reserved": 0}}
+    b = _backend(lambda project_id, usage=False: _Stub(_info=detail))
+    got = b.get_limits()
+    assert got["snapshots_max"] == 9 and got["types"]["fake"]["snapshots_max"] == 5
