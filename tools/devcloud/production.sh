@@ -194,8 +194,19 @@ EOF
 
 # ---------------------------------------------------------------- start/stop
 
+prod_cinder_setup() {  # (idempotent) runs again whenever its scripts changed
+    local setup_sum
+    setup_sum=$(cat "$TOOLS/production_setup.py" "$TOOLS/cinder_setup.py" | sha256sum | cut -d' ' -f1)
+    if [[ "$(cat "$STATE/cinder/.setup-done" 2>/dev/null)" != "$setup_sum" ]]; then
+        log "cinder: volume type, group types, per-type quotas"
+        "$VENVS/cinder/bin/python" "$TOOLS/production_setup.py" cinder || die "production_setup.py cinder failed"
+        echo "$setup_sum" >"$STATE/cinder/.setup-done"
+    fi
+}
+
 start() {
     if status >/dev/null 2>&1 && [[ -f "$STATE/.setup-done" ]]; then
+        prod_cinder_setup
         log "production shape already running"
         return 0
     fi
@@ -225,13 +236,7 @@ start() {
         running "$svc" || { tail -n 40 "$LOGD/$svc.log" >&2; die "$svc exited during start-up"; }
     done
     wait_cinder_backend
-    local setup_sum
-    setup_sum=$(cat "$TOOLS/production_setup.py" "$TOOLS/cinder_setup.py" | sha256sum | cut -d' ' -f1)
-    if [[ "$(cat "$STATE/cinder/.setup-done" 2>/dev/null)" != "$setup_sum" ]]; then
-        log "cinder: volume type, group types, per-type quotas"
-        "$VENVS/cinder/bin/python" "$TOOLS/production_setup.py" cinder || die "production_setup.py cinder failed"
-        echo "$setup_sum" >"$STATE/cinder/.setup-done"
-    fi
+    prod_cinder_setup
     touch "$STATE/.setup-done"
     log "production shape up in $((SECONDS - t0))s; clouds devcloud-prod, devcloud-prod-admin," \
         "devcloud-prod-noimage in $STATE/clouds.yaml"
