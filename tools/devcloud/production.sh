@@ -85,8 +85,9 @@ ensure_rabbitmq() {
     rabbitmqctl -q list_vhosts | grep -x "$RABBIT_VHOST" >/dev/null || rabbitmqctl -q add_vhost "$RABBIT_VHOST"
     if ! rabbitmqctl -q list_users | awk '{print $1}' | grep -x "$RABBIT_USER" >/dev/null; then
         rabbitmqctl -q add_user "$RABBIT_USER" "$RABBIT_PASS" >/dev/null
-        rabbitmqctl -q set_permissions -p "$RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*'
     fi
+    # always: a vhost deleted and made again has lost its permissions
+    rabbitmqctl -q set_permissions -p "$RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*'
 }
 
 # ---------------------------------------------------------------- install
