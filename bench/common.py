@@ -16,9 +16,11 @@ import urllib.parse
 import uuid
 
 from cgsnap import naming
-from cgsnap.drivers import memory
+from cgsnap.drivers import fake
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # the benchmarks share tests/lab.py (dev-cloud helpers)
+    sys.path.insert(1, ROOT)
 CLOUDS = os.path.join(ROOT, ".devcloud", "clouds.yaml")
 CACHE_DIR = os.path.join(ROOT, ".state", "bench")
 
@@ -151,7 +153,7 @@ def storage_calls(events, t0=None, t1=None):
 
 # -- storage backends with the calls the baselines need --------------------------------------
 
-class ModelBackend(memory.MemoryVolumeBackend):
+class ModelBackend(fake.FakeVolumeBackend):
     """The in-process model of Cinder used by ``--backend model``.
 
     Time to a member's point in time is ``latency`` (± ``jitter``), spent in

@@ -36,9 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-from cgsnap import api, drivers, naming, testing, wait  # noqa: E402
+from cgsnap import api, drivers, naming, wait  # noqa: E402
 from cgsnap.drivers import libvirt_driver  # noqa: E402
 from cgsnap.tasks import volume as volume_tasks  # noqa: E402
+from tests import lab as testlab  # noqa: E402
 
 
 def raw_one(backend, inst):
@@ -108,16 +109,16 @@ def main(argv=None):
 
     tmp = tempfile.mkdtemp(prefix="cgsnap-fleet-")
     common.configure_cgsnap(os.path.join(tmp, "state"))
-    lab = testing.CinderLab(common.CLOUDS)
+    lab = testlab.CinderLab(common.CLOUDS)
     specs = {f"{args.volumes_per}x{i}": args.volumes_per for i in range(args.instances)}
     t0 = time.monotonic()
     by_key = common.cinder_instances(lab, specs, "fleet", in_group=False)
     print(f"fleet: {args.instances} instances ready in {time.monotonic() - t0:.1f}s",
           file=sys.stderr)
     insts = [by_key[k] for k in specs]
-    domains = [testing.domain_xml(f"fleet-{i}", e["instance_id"], e["volume_ids"][0],
+    domains = [testlab.domain_xml(f"fleet-{i}", e["instance_id"], e["volume_ids"][0],
                                   e["volume_ids"][1:]) for i, e in enumerate(insts)]
-    uri = testing.write_node(os.path.join(tmp, "node.xml"), domains)
+    uri = testlab.write_node(os.path.join(tmp, "node.xml"), domains)
     backend = common.make_cinder_backend()
     drivers.override(drivers.DriverSet(libvirt_driver.LibvirtHypervisor(uri), backend))
 

@@ -34,8 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import fleet  # noqa: E402
 
-from cgsnap import drivers, testing  # noqa: E402
+from cgsnap import drivers  # noqa: E402
 from cgsnap.drivers import libvirt_driver  # noqa: E402
+from tests import lab as testlab  # noqa: E402
 
 PHASES = ("raw", "cgsnap", "default-filters", "quota-every-set", "no-volume-gets")
 
@@ -114,12 +115,12 @@ def main(argv=None):
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     tmp = tempfile.mkdtemp(prefix="cgsnap-fleet-breakdown-")
     common.configure_cgsnap(os.path.join(tmp, "state"))
-    lab = testing.CinderLab(common.CLOUDS)
+    lab = testlab.CinderLab(common.CLOUDS)
     specs = {f"{args.volumes_per}x{i}": args.volumes_per for i in range(args.instances)}
     by_key = common.cinder_instances(lab, specs, "fleet", in_group=False)
     insts = [by_key[k] for k in specs]
-    uri = testing.write_node(os.path.join(tmp, "node.xml"), [
-        testing.domain_xml(f"fleet-{i}", e["instance_id"], e["volume_ids"][0],
+    uri = testlab.write_node(os.path.join(tmp, "node.xml"), [
+        testlab.domain_xml(f"fleet-{i}", e["instance_id"], e["volume_ids"][0],
                            e["volume_ids"][1:]) for i, e in enumerate(insts)])
     backend = common.make_cinder_backend()
     drivers.override(drivers.DriverSet(libvirt_driver.LibvirtHypervisor(uri), backend))

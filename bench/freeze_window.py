@@ -46,9 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-from cgsnap import api, drivers, naming, testing  # noqa: E402
+from cgsnap import api, drivers, naming  # noqa: E402
 from cgsnap.drivers import libvirt_driver  # noqa: E402
 from cgsnap.tasks import volume as volume_tasks  # noqa: E402
+from tests import lab as testlab  # noqa: E402
 
 FAST_POLL = 0.05
 NOVA_POLL = 0.5
@@ -243,20 +244,20 @@ def setup_model(args, sizes, tmp):
     backend = common.ModelBackend(args.latency, args.jitter, args.max_concurrency, args.tail)
     domains, insts = [], {}
     for n in sizes:
-        iid = testing.new_instance_id()
+        iid = testlab.new_instance_id()
         vids = [backend.add_volume(attached_to=[iid]) for _ in range(n)]
-        domains.append(testing.domain_xml(f"bench-{n}", iid, vids[0], vids[1:]))
+        domains.append(testlab.domain_xml(f"bench-{n}", iid, vids[0], vids[1:]))
         insts[n] = {"instance_id": iid, "volume_ids": vids, "group_id": backend.add_group(vids)}
-    uri = testing.write_node(os.path.join(tmp, "node.xml"), domains)
+    uri = testlab.write_node(os.path.join(tmp, "node.xml"), domains)
     return backend, libvirt_driver.LibvirtHypervisor(uri), insts
 
 
 def setup_cinder(sizes, tmp):
-    lab = testing.CinderLab(common.CLOUDS)
+    lab = testlab.CinderLab(common.CLOUDS)
     insts = common.cinder_instances(lab, {n: n for n in sizes}, "freeze-window")
-    domains = [testing.domain_xml(f"bench-{n}", e["instance_id"], e["volume_ids"][0],
+    domains = [testlab.domain_xml(f"bench-{n}", e["instance_id"], e["volume_ids"][0],
                                   e["volume_ids"][1:]) for n, e in insts.items()]
-    uri = testing.write_node(os.path.join(tmp, "node.xml"), domains)
+    uri = testlab.write_node(os.path.join(tmp, "node.xml"), domains)
     return common.make_cinder_backend(), libvirt_driver.LibvirtHypervisor(uri), insts
 
 

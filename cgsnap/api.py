@@ -98,7 +98,7 @@ def _options(**kwargs):
 
 def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volumes=(),
                         exclude_root=False, allow_crash_consistent=None, timeout=None,
-                        idempotency_key=None, memory=False):
+                        idempotency_key=None, memory=False, allow_shared_volumes=False):
     """Take one instance-level snapshot set; return its manifest.
 
     Raises a :class:`~cgsnap.exception.CgsnapError` (with its exit code) on
@@ -120,6 +120,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        exclude_root=bool(exclude_root),
                        allow_crash_consistent=bool(allow_crash_consistent),
                        idempotency_key=idempotency_key, memory=bool(memory),
+                       allow_shared_volumes=bool(allow_shared_volumes) or None,
                        freeze_timeout=timeout or CONF.libvirt.freeze_timeout,
                        local_disks=CONF.snapshot.local_disks,
                        wait_timeout=CONF.snapshot.wait_timeout)
@@ -188,9 +189,10 @@ def _reached_side_effects(engine):
 
 
 def _ensure_thawed(engine, drv, instance):
-    """Second line of defence: if the freeze may have happened, thaw again.
+    """Second line of defence: if the freeze (or the ``--memory`` pause) may
+    have happened, thaw (and resume) again.
 
-    FreezeGuest.revert already thaws; this covers an engine stopped by an
+    FreezeGuest.revert already does; this covers an engine stopped by an
     exception that bypassed the reverts (KeyboardInterrupt, a bug)."""
     try:
         atom_state = engine.storage.get_atom_state("FreezeGuest")
@@ -204,6 +206,16 @@ def _ensure_thawed(engine, drv, instance):
             LOG.warning("safety net thawed %d filesystems of %s", n, instance["name"])
     except Exception as e:
         LOG.error("safety net could not thaw %s: %s", instance["name"], e)
+    try:  # --memory pauses instead: resume (a no-op unless the guest is paused)
+        memory = engine.storage.fetch("options").get("memory")
+    except Exception:  # noqa: BLE001 - unknown: assume it may have paused
+        memory = True
+    if memory:
+        try:
+            if drv.hypervisor.resume(instance["id"]):
+                LOG.warning("safety net resumed %s", instance["name"])
+        except Exception as e:
+            LOG.error("safety net could not resume %s: %s", instance["name"], e)
 
 
 def _verify_nothing_left(drv, cat, set_id):

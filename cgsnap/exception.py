@@ -67,6 +67,11 @@ class WaitTimeout(SnapshotFailed):
     pass
 
 
+class WindowTimeout(WaitTimeout):
+    """A member (or the group snapshot) was not done by the cut's deadline;
+    ``details``: ``in_window`` (the guest was frozen), ``members`` (names)."""
+
+
 class Locked(CgsnapError):
     exit_code = EXIT_LOCKED
 

@@ -2,11 +2,14 @@
 
 Production code calls :func:`point` at the boundaries worth breaking (before
 and after every external call, at the start of every task).  Nothing happens
-unless a fault is armed, either in-process with :func:`arm` (tests) or through
-the ``CGSNAP_FAULT`` environment variable (subprocess tests), e.g.::
+unless a fault is armed, in-process, by test machinery: :func:`arm` or
+:func:`arm_spec`.  cgsnap itself never arms a fault, and reads no environment
+variable for it: subprocess tests start the CLI through ``tests/faultcli.py``
+(not part of the installed package), which passes ``CGSNAP_FAULT`` to
+:func:`arm_spec`.  Spec syntax, e.g.::
 
-    CGSNAP_FAULT="hypervisor.freeze:raise"
-    CGSNAP_FAULT="volume.create_snapshot.after:raise@3,task.ThawGuest:hang=30"
+    hypervisor.freeze:raise
+    volume.create_snapshot.after:raise@3,task.ThawGuest:hang=30
 
 Actions: ``raise`` (an :class:`~cgsnap.exception.InjectedFault`), ``hang=S``
 (sleep S seconds), ``kill`` (SIGKILL this process), ``unreachable`` (from
@@ -26,19 +29,8 @@ from cgsnap import exception
 _lock = threading.Lock()
 _armed = {}   # point name -> action (str or callable)
 _hits = {}    # point name -> count
-_env_loaded = None
 _unreachable_hooks = []  # storage drivers register how to break their endpoint
-
-
-def _load_env():
-    global _env_loaded
-    spec = os.environ.get("CGSNAP_FAULT", "")
-    if spec == _env_loaded:
-        return
-    _env_loaded = spec
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, action = item.partition(":")
-        _armed[name] = action or "raise"
+_VERBS = ("raise", "hang", "kill", "unreachable")
 
 
 def arm(name, action="raise"):
@@ -46,6 +38,23 @@ def arm(name, action="raise"):
     with _lock:
         _armed[name] = action
         _hits[name] = 0
+
+
+def arm_spec(spec):
+    """Arm every ``point[:action]`` of a comma-separated spec (see the module
+    docstring); a point without an action raises.  Raises ValueError, arming
+    nothing, if an action is not one of the known ones."""
+    items = []
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        name, _, action = item.partition(":")
+        action = action.strip() or "raise"
+        verb = action.partition("@")[0].partition("=")[0]
+        if not name.strip() or verb not in _VERBS:
+            raise ValueError(f"bad fault spec item {item!r}: want point[:action], "
+                             f"action one of {', '.join(_VERBS)}")
+        items.append((name.strip(), action))
+    for name, action in items:
+        arm(name, action)
 
 
 def on_unreachable(bound_method):
@@ -56,18 +65,15 @@ def on_unreachable(bound_method):
 
 
 def reset():
-    """Disarm everything (including what came from the environment)."""
-    global _env_loaded
+    """Disarm everything."""
     with _lock:
         _armed.clear()
         _hits.clear()
-        _env_loaded = os.environ.get("CGSNAP_FAULT", "")
 
 
 def point(name):
     """Fire the fault armed at ``name``, if any."""
     with _lock:
-        _load_env()
         action = _armed.get(name)
         if action is None:
             return

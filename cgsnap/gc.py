@@ -30,11 +30,34 @@ def _age_s(created_at):
     return (datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()
 
 
-def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instance=False):
+def _skip_absent_backends(drv, volumes, images, notes):
+    """Leave out the backends this host does not have; one note per reason."""
+    skipped = {}
+    if volumes:
+        why = drivers_mod.unavailable("volumes", drv)
+        if why:
+            volumes = False
+            skipped.setdefault(why, []).append("Cinder")
+    if images:
+        why = drivers_mod.unavailable("images", drv)
+        if why:
+            images = False
+            skipped.setdefault(why, []).append("Glance")
+    for why, names in skipped.items():
+        notes.append(f"gc skipped {' and '.join(names)}: {why}")
+    return volumes, images
+
+
+def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instance=False,
+            notes=None):
     """Return one row per candidate: kind, id, name, set_id, action, reason.
 
     Only members of instances this catalog knows are candidates, unless
     ``any_instance``: another catalog (another host, the demo) may own the rest.
+
+    A backend this host does not have (no OpenStack credentials configured,
+    or a cloud without an image service) is skipped; ``notes`` (a list) gets
+    one line saying which and why.
     """
     cat = Catalog(state.catalog_url())
     docs = cat.list()
@@ -42,6 +65,8 @@ def collect(dry_run=False, grace_s=3600.0, volumes=True, images=True, any_instan
     known_instances = {d["instance_id"] for d in docs}
     drv = drivers_mod.get()
     rows = []
+    volumes, images = _skip_absent_backends(drv, volumes, images,
+                                            notes if notes is not None else [])
 
     def consider(kind, item, delete, dependents=()):
         set_id = item["metadata"].get(naming.META_SET_ID)

@@ -29,7 +29,7 @@ from oslo_log import log as logging
 from cgsnap import drivers as drivers_mod
 from cgsnap import exception, lock, manifest, state
 from cgsnap.catalog import Catalog
-from cgsnap.conf import CONF
+from cgsnap.cleanup import delete_volume_members as _delete_volume_members
 
 LOG = logging.getLogger(__name__)
 
@@ -121,22 +121,3 @@ def revert_members(doc):
             problems.append(f"Cinder snapshots ({e})")
     return problems
 
-
-
-
-SETTLE_S = 3.0
-
-
-def _delete_volume_members(volumes, set_id):
-    """Delete the set's snapshots, then watch for SETTLE_S: a process killed
-    with creates in flight may see Cinder finish them after it died."""
-    from cgsnap import wait
-    from cgsnap.tasks.volume import delete_set_snapshots
-    for _ in range(3):
-        delete_set_snapshots(volumes, set_id, CONF.snapshot.cleanup_timeout)
-        try:
-            wait.poll(lambda: volumes.list_snapshots(set_id), bool, SETTLE_S, 0.25, 0.5,
-                      what="late snapshots")
-        except exception.WaitTimeout:
-            return  # nothing appeared late
-    raise exception.CleanupIncomplete(f"snapshots of set {set_id} keep appearing")

@@ -15,7 +15,9 @@ def flow_store(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def clean_conf(tmp_path, monkeypatch, flow_store):
-    """Each test gets its own state dir, no config files, no armed faults."""
+    """Each test gets its own state dir, no config files, no armed faults
+    (CGSNAP_FAULT only matters to a tests.faultcli subprocess; the product
+    never reads it)."""
     monkeypatch.delenv("CGSNAP_FAULT", raising=False)
     monkeypatch.delenv("CGSNAP_CONFIG", raising=False)
     CONF([], project="cgsnap", default_config_files=[])

@@ -23,10 +23,7 @@ COMMAND = [sys.executable, "-P", "-c",
 
 def arm_from_env():
     from cgsnap import faults
-    spec = os.environ.get("CGSNAP_FAULT", "")
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, action = item.partition(":")
-        faults.arm(name, action or "raise")
+    faults.arm_spec(os.environ.get("CGSNAP_FAULT", ""))
 
 
 def main():

@@ -20,7 +20,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cgsnap import testing  # noqa: E402
+from tests import lab as testlab  # noqa: E402
 
 STATE = os.path.join(ROOT, ".state")
 DEMO = os.path.join(STATE, "demo")
@@ -75,11 +75,15 @@ def provision(lab):
 def main():
     if not os.path.exists(CLOUDS):
         sys.exit("demo: the dev cloud is not set up: run `make demo` (it starts it)")
-    lab = testing.CinderLab(CLOUDS)
+    lab = testlab.CinderLab(CLOUDS)
     saved = provision(lab)
-    uri = testing.write_node(os.path.join(DEMO, "node.xml"), [
-        testing.domain_xml("demo", saved["instance_id"], saved["root"], saved["data"])])
-    with open(os.path.join(ROOT, "cgsnap.conf"), "w") as f:
+    uri = testlab.write_node(os.path.join(DEMO, "node.xml"), [
+        testlab.domain_xml("demo", saved["instance_id"], saved["root"], saved["data"])])
+    # 0644 whatever the umask: as root, cgsnap reads ./cgsnap.conf only if
+    # group and others cannot write it (README, Configuration).
+    fd = os.open(os.path.join(ROOT, "cgsnap.conf"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(CONF_TEMPLATE.format(state=STATE, uri=uri, clouds=CLOUDS))
     say("wrote ./cgsnap.conf")
     say("$ cgsnap create --all-volumes demo --name 'demo set'")

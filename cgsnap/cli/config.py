@@ -4,9 +4,16 @@ Search order (the first that exists wins), unless ``--config-file`` is given:
 ``$CGSNAP_CONFIG``, ``./cgsnap.conf``, then oslo.config's standard places
 (``~/.cgsnap/cgsnap.conf``, ``~/cgsnap.conf``, ``/etc/cgsnap/cgsnap.conf``,
 ``/etc/cgsnap.conf``).
+
+``./cgsnap.conf`` comes from whatever directory cgsnap was started in, and it
+can redirect ``state_dir`` and ``local_dir`` (and so what ``gc`` deletes).
+When running as root, cgsnap reads it only if root owns it and neither group
+nor others can write it; otherwise it is skipped with a one-line warning and
+the search goes on.
 """
 
 import os
+import stat
 import sys
 
 from oslo_config import cfg
@@ -16,17 +23,43 @@ from cgsnap import exception, progress
 from cgsnap.conf import CONF
 
 
-def default_config_files():
+def default_config_files(stderr=sys.stderr):
     env = os.environ.get("CGSNAP_CONFIG")
     if env:
         return [env]
+    standard = cfg.find_config_files(project="cgsnap")[:1]
     if os.path.isfile("cgsnap.conf"):
-        return [os.path.abspath("cgsnap.conf")]
-    return cfg.find_config_files(project="cgsnap")[:1]
+        here = os.path.abspath("cgsnap.conf")
+        why = _untrusted_as_root(here)
+        if not why:
+            return [here]
+        instead = f"using {standard[0]} instead" if standard else "using the built-in defaults"
+        stderr.write(f"cgsnap: warning: ignoring {here}: {why} and cgsnap runs as root (it "
+                     f"reads ./cgsnap.conf only if root owns it and group and others cannot "
+                     f"write it); {instead}\n")
+    return standard
+
+
+def _untrusted_as_root(path):
+    """Why root must not read ``path`` (None: it may, or we are not root).
+    stat() follows a symlink: the file read is the one checked."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"it cannot be checked ({e.strerror})"
+    if st.st_uid != 0:
+        return f"it is owned by uid {st.st_uid}"
+    writable = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
+                if st.st_mode & bit]
+    if writable:
+        return f"it is writable by {' and '.join(writable)} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
 
 
 def load(args, stderr=sys.stderr):
-    files = args.config_file or default_config_files()
+    files = args.config_file or default_config_files(stderr)
     for path in files:
         if not os.path.isfile(path):
             raise exception.ConfigError(f"config file not found: {path}")

@@ -14,13 +14,17 @@ from cgsnap.cli import output
 DESCRIPTION = """\
 Take consistent snapshots of a whole virtual machine: freeze the guest's
 filesystems through the QEMU guest agent, snapshot the root disk and every
-attached Cinder volume in parallel, thaw, and record one manifest.  Any
+attached Cinder volume (and local disk, with [snapshot] local_disks = qcow2)
+in parallel, thaw, and record one manifest.  Any
 failure reverts everything: the guest is thawed and partial snapshots are
 deleted.
 
-Configuration is read from ./cgsnap.conf, ~/.cgsnap/cgsnap.conf,
-/etc/cgsnap/cgsnap.conf (first found) or --config-file; OpenStack
-credentials from clouds.yaml (--os-cloud) or OS_* variables."""
+Configuration is read from the first file found of: --config-file,
+$CGSNAP_CONFIG, ./cgsnap.conf (root: only if owned by root and not
+group/other-writable), ~/.cgsnap/cgsnap.conf, ~/cgsnap.conf,
+/etc/cgsnap/cgsnap.conf, /etc/cgsnap.conf.  OpenStack credentials come from
+clouds.yaml (--os-cloud) or OS_* variables; a plain libvirt host needs none
+with [snapshot] local_disks = qcow2."""
 
 EPILOG = """\
 exit codes:
@@ -51,11 +55,18 @@ def _parser():
     c = sub.add_parser(
         "create", parents=[common], help="snapshot an instance as one consistent set",
         description="Freeze INSTANCE, snapshot its root disk (and with --all-volumes every "
-                    "attached volume) in parallel, thaw, and record the manifest.",
+                    "other attached disk) in parallel, thaw, and record the manifest. A set "
+                    "that would capture nothing is refused before the freeze.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     c.add_argument("instance", metavar="INSTANCE", help="libvirt domain name or UUID")
     c.add_argument("--all-volumes", action="store_true",
-                   help="include every attached Cinder volume (default: root disk only)")
+                   help="include every attached disk, not only the root: Cinder volumes, and "
+                        "file-backed disks when [snapshot] local_disks = qcow2 (otherwise "
+                        "they are skipped and listed in the manifest's skipped_disks)")
+    c.add_argument("--allow-shared-volumes", action="store_true",
+                   help="take a volume also attached to another instance (multiattach); "
+                        "the freeze cannot quiesce that instance, so the member is recorded "
+                        "as crash-consistent (default: refuse)")
     c.add_argument("--name", help="name of the set (default: <instance>-<UTC time>)")
     c.add_argument("--exclude-volume", action="append", default=[], metavar="VOLUME_ID",
                    help="leave this attached volume out (repeatable)")
@@ -163,7 +174,8 @@ def run(argv=None, stdout=None, stderr=None):
                 args.instance, name=args.name, all_volumes=args.all_volumes,
                 exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
                 allow_crash_consistent=args.allow_crash, timeout=args.timeout,
-                idempotency_key=args.idempotency_key, memory=args.memory)
+                idempotency_key=args.idempotency_key, memory=args.memory,
+                allow_shared_volumes=args.allow_shared_volumes)
             output.emit_doc(args.format, doc, stdout, _summary(doc))
         elif args.command == "list":
             docs = api.list_snapshot_sets(args.instance, args.status)
@@ -179,8 +191,11 @@ def run(argv=None, stdout=None, stderr=None):
                 return exception.EXIT_CLEANUP
         elif args.command == "gc":
             from cgsnap import gc
+            notes = []
             rows = gc.collect(args.dry_run, args.grace_period, images=not args.no_images,
-                              any_instance=args.any_instance)
+                              any_instance=args.any_instance, notes=notes)
+            for note in notes:
+                stderr.write(f"cgsnap: note: {note}\n")
             cols = ["kind", "id", "name", "set_id", "action", "reason"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
             if any(r["action"] == "failed" for r in rows):

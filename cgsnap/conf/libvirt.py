@@ -17,9 +17,14 @@ opts = [
                       "guest is thawed. Windows VSS itself holds writes for at most 10 s; Linux "
                       "qemu-ga never thaws on its own."),
     cfg.BoolOpt("thaw_guard", default=True,
-                help="Before freezing, start a guard process that thaws the guest if cgsnap "
-                     "dies (even by SIGKILL) or the freeze outlives freeze_timeout plus "
-                     "thaw_guard_margin. A set whose guard fired is failed."),
+                help="Before freezing (or pausing, with --memory), start a guard process "
+                     "that thaws (resumes) the guest if cgsnap dies (even by SIGKILL, or "
+                     "with its whole service cgroup) or the freeze outlives freeze_timeout "
+                     "plus thaw_guard_margin. The guard leaves cgsnap's cgroup (systemd-run "
+                     "--scope where systemd is PID 1, else a cgroup of its own through "
+                     "cgroupfs), reconnects to libvirtd, and retries until the guest agent "
+                     "reports the guest thawed or the domain is gone. It is disarmed only "
+                     "by a thaw the agent confirms. A set whose guard fired is failed."),
     cfg.FloatOpt("thaw_guard_margin", default=1.0, min=0.1,
                  help="Seconds the guard waits after freeze_timeout before it thaws, so that "
                       "cgsnap's own deadline normally acts first."),

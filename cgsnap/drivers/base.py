@@ -47,6 +47,25 @@ class Hypervisor(abc.ABC):
     def thaw(self, instance_id):
         """Thaw the guest; return how many filesystems were thawed (0 = none frozen)."""
 
+    def freeze_status(self, instance_id):
+        """``"frozen"`` or ``"thawed"`` as the guest agent reports it
+        (``guest-fsfreeze-status``); raise InstanceNotFound when the domain is
+        gone, AgentUnreachable/QuiesceFailed when the agent does not answer.
+        The thaw guard disarms only on ``"thawed"``."""
+        raise NotImplementedError
+
+    def pause(self, instance_id):
+        """Pause the guest (``--memory``)."""
+        raise NotImplementedError
+
+    def resume(self, instance_id):
+        """Resume a paused guest; return False if it was not paused."""
+        raise NotImplementedError
+
+    def is_paused(self, instance_id):
+        """Whether the guest is paused; raise InstanceNotFound when it is gone."""
+        raise NotImplementedError
+
 
 class VolumeBackend(abc.ABC):
     """Block storage (Cinder): volumes and their snapshots."""

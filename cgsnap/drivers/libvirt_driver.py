@@ -55,16 +55,44 @@ def connection(uri):
         return conn
 
 
+def reset_connection(uri):
+    """Forget the cached connection to ``uri`` (after an error: libvirtd may
+    have restarted), so the next call opens a new one."""
+    with _conn_lock:
+        conn = _conns.pop(uri, None)
+    if conn is not None:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+# libvirt's test driver has no guest agent to ask: what this process froze and
+# thawed through the driver stands in for guest-fsfreeze-status.
+_test_frozen = {}
+
+
 def is_uuid(text):
     return bool(_UUID_RE.match(text or ""))
 
 
-def parse_disks(domain_xml):
-    """Disks (device='disk' only) from a domain XML, root disk first."""
+def parse_disks(domain_xml, device="disk"):
+    """Disks of one ``device`` type (``disk``, or ``lun`` for SCSI passthrough)
+    from a domain XML; for ``disk``, the root disk first.
+
+    The root is the disk the guest boots from, as libvirt decides it: the
+    lowest per-disk ``<boot order>``; without one, the first disk of the
+    domain XML (libvirt keeps disks grouped by bus, in the order the buses
+    first appear, and by index within a bus, and gives the legacy
+    ``<os><boot dev='hd'/>`` to the first ``disk`` or ``lun`` device).  So a
+    guest booting from ``vda`` with a SCSI ``sda`` added later has root
+    ``vda``, not ``sda``; a guest that boots from a LUN has no root disk.
+    """
     root = ET.fromstring(domain_xml)
     disks = []
     for el in root.findall("./devices/disk"):
-        if el.get("device", "disk") != "disk":
+        kind = el.get("device", "disk")
+        if kind not in ("disk", "lun"):
             continue
         target = el.find("target")
         if target is None:
@@ -77,6 +105,10 @@ def parse_disks(domain_xml):
         drv = el.find("driver")
         boot = el.find("boot")
         serial = el.findtext("serial")
+        # <encryption> sits in <source> (current libvirt) or in <disk> (older).
+        encryption = el.find("./source/encryption")
+        if encryption is None:
+            encryption = el.find("encryption")
         disks.append({
             "device": target.get("dev"),
             "bus": target.get("bus"),
@@ -85,15 +117,21 @@ def parse_disks(domain_xml):
             "source": source,
             "format": drv.get("type") if drv is not None else None,
             "boot_order": int(boot.get("order")) if boot is not None else None,
+            "encryption": (encryption.get("format") or "yes") if encryption is not None
+            else None,
             "root": False,
+            "_kind": kind,
         })
     if disks:
-        # Root: the disk with the lowest boot order, else the first target name (vda/sda).
         booted = [d for d in disks if d["boot_order"] is not None]
-        root_disk = (min(booted, key=lambda d: d["boot_order"]) if booted
-                     else min(disks, key=lambda d: (len(d["device"]), d["device"])))
-        root_disk["root"] = True
+        boot_disk = min(booted, key=lambda d: d["boot_order"]) if booted else disks[0]
+        boot_disk["root"] = boot_disk["_kind"] == "disk"
+    disks = [d for d in disks if d.pop("_kind") == device]
+    if device == "disk":
         disks.sort(key=lambda d: (not d["root"], len(d["device"]), d["device"]))
+    else:
+        for d in disks:
+            d["root"] = False
     return disks
 
 
@@ -124,11 +162,13 @@ class LibvirtHypervisor:
     def get_instance(self, ref):
         dom = self._domain(ref)
         faults.point("hypervisor.get_instance")
+        xml = dom.XMLDesc(0)
         return {
             "id": dom.UUIDString(),
             "name": dom.name(),
             "active": bool(dom.isActive()),
-            "disks": parse_disks(dom.XMLDesc(0)),
+            "disks": parse_disks(xml),
+            "luns": parse_disks(xml, device="lun"),
         }
 
     def _agent_call(self, instance_id, what, fn):
@@ -153,15 +193,69 @@ class LibvirtHypervisor:
 
     def freeze(self, instance_id):
         faults.point("hypervisor.freeze")
-        n = self._agent_call(instance_id, "freeze", lambda dom: dom.fsFreeze())
+        n = self._agent_call(instance_id, "freeze", self._test_tracked(instance_id, True,
+                                                                        lambda d: d.fsFreeze()))
         faults.point("hypervisor.freeze.after")
         return int(n)
 
     def thaw(self, instance_id):
         faults.point("hypervisor.thaw")
-        n = self._agent_call(instance_id, "thaw", lambda dom: dom.fsThaw())
+        n = self._agent_call(instance_id, "thaw", self._test_tracked(instance_id, False,
+                                                                      lambda d: d.fsThaw()))
         faults.point("hypervisor.thaw.after")
         return int(n)
+
+    def _test_tracked(self, instance_id, frozen, fn):
+        """On test://, remember the freeze state a successful call leaves."""
+        def call(dom):
+            out = fn(dom)
+            if self.uri.startswith("test:"):
+                key = (self.uri, dom.UUIDString())
+                if frozen and out:
+                    _test_frozen[key] = True
+                elif not frozen:
+                    _test_frozen.pop(key, None)
+            return out
+        return call
+
+    def freeze_status(self, instance_id):
+        """``"frozen"`` or ``"thawed"``, as the guest agent reports it
+        (``guest-fsfreeze-status``).  Raises InstanceNotFound when the domain
+        is gone and AgentUnreachable/QuiesceFailed when nobody answers.  A
+        domain that is not running is ``"thawed"`` (nothing in it is frozen).
+
+        On libvirt's test driver, which has no agent, it is what this process
+        did through :meth:`freeze` and :meth:`thaw`."""
+        faults.point("hypervisor.freeze_status")
+        dom = self._domain(instance_id)
+        if self.uri.startswith("test:"):
+            return "frozen" if _test_frozen.get((self.uri, dom.UUIDString())) else "thawed"
+        try:
+            if not dom.isActive():
+                return "thawed"
+        except libvirt.libvirtError as e:
+            raise exception.QuiesceFailed(f"cannot read the state of {instance_id}: "
+                                          f"{e.get_error_message()}") from None
+        import json
+
+        import libvirt_qemu
+        cmd = json.dumps({"execute": "guest-fsfreeze-status"})
+        out = self._agent_call(instance_id, "freeze status", lambda d: libvirt_qemu.
+                               qemuAgentCommand(d, cmd, self.agent_timeout, 0))
+        status = json.loads(out).get("return")
+        if status not in ("frozen", "thawed"):
+            raise exception.QuiesceFailed(f"guest agent of {instance_id} reported freeze "
+                                          f"status {status!r}")
+        return status
+
+    def is_paused(self, instance_id):
+        """Whether the domain is paused (raises InstanceNotFound if it is gone)."""
+        dom = self._domain(instance_id)
+        try:
+            return dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        except libvirt.libvirtError as e:
+            raise exception.SnapshotFailed(f"cannot read the state of {instance_id}: "
+                                           f"{e.get_error_message()}") from None
 
     # -- local (file-backed) disks: external snapshots, real hypervisors only ----
     def supports_disk_snapshots(self):

@@ -33,7 +33,7 @@ from cgsnap.tasks import catalog, hypervisor, image, local, volume
 
 FLOW_NAME = "cgsnap-create"
 REQUIRES = frozenset({"instance_ref", "set_id", "options"})
-PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "volume_groups",
+PROVIDES = frozenset({"instance", "manifest", "volume_sizes", "volume_groups", "shared_volumes",
                       "volume_cut_plan", "volume_cut", "local_plan", "memory_plan",
                       "memory_image", "agent", "thaw_guard", "freeze",
                       "local_cut", "volume_snapshots", "thaw", "local_copies", "root_images",

@@ -62,7 +62,7 @@ class FinalizeSet(CgsnapTask):
     default_provides = "result"
 
     def execute(self, manifest, agent, freeze, thaw, volume_cut, volume_snapshots,
-                local_copies, root_images, memory_image):
+                local_copies, root_images, memory_image, shared_volumes=()):
         self.fault_point()
         doc = dict(manifest)
         by_name = {s["name"]: s for s in volume_snapshots}
@@ -80,10 +80,13 @@ class FinalizeSet(CgsnapTask):
             if copy:
                 m.update(path=copy["path"], status="available",
                          size_gb=max(1, -(-copy["size_bytes"] // (1 << 30))))
+            if m.get("volume_id") and m["volume_id"] in (shared_volumes or ()):
+                # --allow-shared-volumes: another instance may write to it
+                m["consistency"] = manifest_mod.CONSISTENCY_CRASH
             members.append(m)
         doc["members"] = members
         doc["status"] = manifest_mod.STATUS_AVAILABLE
-        doc["consistency"] = freeze["mode"]
+        doc["consistency"], reason = _consistency(freeze, thaw)
         doc["freeze"] = {
             "started_at": freeze["started_at"], "frozen_at": freeze["frozen_at"],
             "thaw_started_at": thaw["started_at"],
@@ -98,8 +101,31 @@ class FinalizeSet(CgsnapTask):
             doc["backend_consistency"] = "group" if volume_cut["group_snapshot"] else "none"
         doc["group_snapshot"] = volume_cut["group_snapshot"]
         if not agent["reachable"] and not agent.get("skipped"):
-            doc["status_reason"] = f"crash-consistent: {agent['error']}"
+            reason = agent["error"]
+        if reason:
+            doc["status_reason"] = f"crash-consistent: {reason}"
+        elif shared_volumes:
+            doc["status_reason"] = ("crash-consistent members (volumes shared with another "
+                                    "instance): " + ", ".join(shared_volumes))
         return _catalog().save(doc)
+
+
+def _consistency(freeze, thaw):
+    """The set's consistency and, when it is less than the freeze promised,
+    why.  A window that outlived its deadline (``freeze_timeout`` from the
+    moment the freeze returned) is never filesystem-consistent."""
+    mode = freeze["mode"]
+    if freeze.get("reason"):
+        return manifest_mod.CONSISTENCY_CRASH, freeze["reason"]
+    if mode == manifest_mod.CONSISTENCY_FILESYSTEM:
+        missed = thaw.get("deadline_missed")
+        if missed is None and freeze.get("timeout_s") and thaw.get("window_s") is not None:
+            missed = thaw["window_s"] > freeze["timeout_s"]
+        if missed:
+            return manifest_mod.CONSISTENCY_CRASH, (
+                f"the freeze window ({thaw['window_s']:.2f}s) outlived freeze_timeout "
+                f"({freeze['timeout_s']:g}s)")
+    return mode, None
 
 
 class MarkSetDeleting(CgsnapTask):

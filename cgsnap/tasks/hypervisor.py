@@ -6,7 +6,8 @@ import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, guard, state
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, guard, plan, state
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask, is_failure
@@ -28,20 +29,83 @@ class DiscoverInstance(CgsnapTask):
 
 
 class CheckRootDisk(CgsnapTask):
-    """Refuse an image-backed root before any freeze when the hypervisor
-    cannot take the disk-only snapshot its capture to Glance needs (libvirt's
-    test driver).  ``--exclude-root`` skips the root."""
+    """Before anything is frozen or created, refuse a plan that cannot work:
 
-    def execute(self, manifest):
+    * a set that would capture nothing (every disk excluded or skipped);
+    * an image-backed root when the hypervisor cannot take the disk-only
+      snapshot its capture to Glance needs (libvirt's test driver), or when
+      this host has no Glance to upload it to (a plain libvirt host: no
+      OpenStack credentials) - the message says what to do instead;
+    * an encrypted file-backed disk: its overlay and its copy would be
+      written unencrypted.
+
+    ``--exclude-root`` skips the root."""
+
+    def execute(self, manifest, instance, options):
         self.fault_point()
+        empty = plan.nothing_captured(manifest, options, instance)
+        if empty:
+            raise exception.Refused(empty)
+        hyp = self.drivers.hypervisor
         for member in manifest["members"]:
-            if (member["role"] == "root" and member["kind"] == manifest_mod.KIND_GLANCE_IMAGE
-                    and not self.drivers.hypervisor.supports_disk_snapshots()):
+            if member["role"] != "root" or member["kind"] != manifest_mod.KIND_GLANCE_IMAGE:
+                continue
+            if not hyp.supports_disk_snapshots():
                 raise exception.Refused(
                     f"root disk {member['device']} of instance {manifest['instance_name']} is "
-                    f"image-backed and {self.drivers.hypervisor.uri} cannot take the disk-only "
+                    f"image-backed and {hyp.uri} cannot take the disk-only "
                     "snapshot needed to capture it: use --exclude-root to snapshot only the "
                     "volumes")
+            why = drivers_mod.unavailable("images", self.drivers)
+            if why:
+                raise exception.Refused(
+                    f"root disk {member['device']} of instance {manifest['instance_name']} is "
+                    "file-backed with no Cinder volume serial, so it would be uploaded to "
+                    f"Glance, but {why}: on a host without OpenStack set "
+                    "'[snapshot] local_disks = qcow2' to keep local qcow2 copies (or use "
+                    "--exclude-root); with OpenStack, give its credentials")
+        self._refuse_encrypted(manifest, instance)
+
+    @staticmethod
+    def _refuse_encrypted(manifest, instance):
+        disks = {d["device"]: d for d in instance["disks"]}
+        for member in manifest["members"]:
+            if member["kind"] not in (manifest_mod.KIND_LOCAL_QCOW2,
+                                      manifest_mod.KIND_GLANCE_IMAGE):
+                continue
+            disk = disks.get(member["device"]) or {}
+            how = (f"<encryption format='{disk['encryption']}'>" if disk.get("encryption")
+                   else image_encryption(disk.get("source"), disk.get("format")))
+            if how:
+                raise exception.Refused(
+                    f"disk {member['device']} of instance {manifest['instance_name']} is "
+                    f"encrypted ({how}): its overlay and copy would be written unencrypted; "
+                    "cgsnap does not capture encrypted local disks (exclude it, or keep that "
+                    "data on a Cinder volume)")
+
+
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+def image_encryption(path, fmt=None):
+    """The encryption a disk image carries in its own header, or None: a qcow2
+    header's crypt_method (1 AES, 2 LUKS), or a LUKS image that QEMU opens
+    (format ``luks``).  A raw disk whose *guest* encrypts its contents is
+    fine (the overlay holds ciphertext) and is not looked into.  An
+    unreadable file is left to the later checks."""
+    if fmt == "luks":
+        return "LUKS"
+    if not path or fmt not in (None, "qcow2"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(36)
+    except OSError:
+        return None
+    if head.startswith(_QCOW2_MAGIC) and len(head) >= 36:
+        method = int.from_bytes(head[32:36], "big")
+        return {0: None, 1: "qcow2 AES"}.get(method, "qcow2 LUKS")
+    return None
 
 
 class CheckAgent(CgsnapTask):
@@ -96,19 +160,25 @@ class CheckMemory(CgsnapTask):
                                     f"needs up to {need >> 20} MiB")
         return dict(facts, path=os.path.join(out_dir, "memory.img"))
 
+    def revert(self, set_id, **kwargs):
+        from cgsnap.tasks import local
+        local.remove_empty_set_dir(set_id)  # made above; a later pre-check failed
+
 
 class StartThawGuard(CgsnapTask):
-    """Before the freeze: start the out-of-process thaw guard (see
-    :mod:`cgsnap.guard`), so no guest outlives cgsnap frozen."""
+    """Before the freeze (or the pause, with ``--memory``): start the
+    out-of-process thaw guard (see :mod:`cgsnap.guard`), so no guest outlives
+    cgsnap frozen or paused."""
 
     default_provides = "thaw_guard"
 
-    def execute(self, set_id, instance, agent):
+    def execute(self, set_id, instance, agent, options):
         self.fault_point()
-        if not agent["reachable"] or not CONF.libvirt.thaw_guard:
+        if not CONF.libvirt.thaw_guard or not (agent["reachable"] or options.get("memory")):
             return {"enabled": False}
-        record = os.path.join(state.state_dir(), "guards", f"{set_id}.json")
-        g = guard.start(set_id, self.drivers.hypervisor.uri, instance["id"], record)
+        record = guard.record_path(state.state_dir(), set_id)
+        g = guard.start(set_id, self.drivers.hypervisor.uri, instance["id"], record,
+                        CONF.libvirt.agent_timeout)
         return {"enabled": True, "pid": g.pid, "record": record}
 
     def revert(self, set_id, **kwargs):
@@ -118,12 +188,49 @@ class StartThawGuard(CgsnapTask):
             LOG.error("revert: could not stop the thaw guard of %s: %s", set_id, e)
 
 
+def _arm(set_id, thaw_guard, options, mode):
+    if not thaw_guard["enabled"]:
+        return
+    g = guard.get(set_id)
+    if g is None:
+        raise exception.QuiesceFailed("the thaw guard is not running; not freezing")
+    g.arm(options["freeze_timeout"] + CONF.libvirt.thaw_guard_margin, mode)
+
+
+def _window(started_at, started, options, mode, frozen, **extra):
+    """The freeze result: one absolute monotonic deadline, counted from the
+    moment the freeze (pause) call returned, bounds everything in the window."""
+    frozen_mono = time.monotonic()
+    return dict({"mode": mode, "frozen": frozen, "started_at": started_at,
+                 "frozen_at": manifest_mod.isotime(), "started_mono": started,
+                 "frozen_mono": frozen_mono, "timeout_s": options["freeze_timeout"],
+                 "deadline_mono": frozen_mono + options["freeze_timeout"]}, **extra)
+
+
+def _disarm(set_id, instance, what):
+    """Disarm the guard after cgsnap's own thaw/resume.  Returns ``(outcome,
+    fired_mono)``; the guard is stopped unless it is still armed, in which
+    case it is left running (it keeps thawing until the agent confirms)."""
+    g = guard.get(set_id)
+    if g is None:
+        return "off", None
+    outcome, fired_mono = g.disarm()
+    if outcome == guard.ARMED:
+        LOG.error("the guest agent has not confirmed the %s of %s: the thaw guard (pid %s) "
+                  "stays armed and keeps trying", what, instance["name"], g.pid)
+    guard.stop(set_id)
+    return outcome, fired_mono
+
+
 class FreezeGuest(CgsnapTask):
     """Freeze the guest's filesystems.  Its revert thaws, on every path.
 
     A freeze the agent attempts and fails is an error even with
     ``--allow-crash-consistent``: a half-done freeze is a broken agent state,
     not an unreachable agent (see Proxmox's experience with partial freezes).
+    A freeze that froze no filesystem is not a filesystem-consistent cut: it
+    fails, or with ``--allow-crash-consistent`` the set is recorded ``crash``
+    with the reason.
     """
 
     default_provides = "freeze"
@@ -131,49 +238,74 @@ class FreezeGuest(CgsnapTask):
     def execute(self, set_id, instance, agent, options, thaw_guard):
         self.fault_point()
         if options.get("memory"):
+            _arm(set_id, thaw_guard, options, guard.MODE_RESUME)
             started_at, started = manifest_mod.isotime(), time.monotonic()
             self.drivers.hypervisor.pause(instance["id"])
-            return {"mode": manifest_mod.CONSISTENCY_MEMORY, "frozen": 0,
-                    "started_at": started_at, "frozen_at": manifest_mod.isotime(),
-                    "started_mono": started}
+            return _window(started_at, started, options, manifest_mod.CONSISTENCY_MEMORY, 0)
         if not agent["reachable"]:
             return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0,
                     "started_at": None, "frozen_at": None, "started_mono": None}
-        if thaw_guard["enabled"]:
-            g = guard.get(set_id)
-            if g is None:
-                raise exception.QuiesceFailed("the thaw guard is not running; not freezing")
-            g.arm(options["freeze_timeout"] + CONF.libvirt.thaw_guard_margin)
+        _arm(set_id, thaw_guard, options, guard.MODE_THAW)
         started_at = manifest_mod.isotime()
         started = time.monotonic()
         frozen = self.drivers.hypervisor.freeze(instance["id"])
-        return {"mode": manifest_mod.CONSISTENCY_FILESYSTEM, "frozen": frozen,
-                "started_at": started_at, "frozen_at": manifest_mod.isotime(),
-                "started_mono": started}
+        if frozen:
+            return _window(started_at, started, options, manifest_mod.CONSISTENCY_FILESYSTEM,
+                           frozen)
+        reason = f"the guest agent of {instance['name']} froze 0 filesystems"
+        if not options.get("allow_crash_consistent"):
+            raise exception.QuiesceFailed(
+                f"{reason}; use --allow-crash-consistent to take a crash-consistent set")
+        LOG.warning("%s; taking a crash-consistent set as allowed", reason)
+        self.drivers.hypervisor.thaw(instance["id"])  # harmless; the guard wants a thaw
+        if _disarm(set_id, instance, "thaw")[0] == guard.ARMED:
+            raise exception.QuiesceFailed(f"{reason}, and its thaw was not confirmed")
+        return {"mode": manifest_mod.CONSISTENCY_CRASH, "frozen": 0, "reason": reason,
+                "started_at": None, "frozen_at": None, "started_mono": None}
 
-    def revert(self, set_id, instance, agent, options, result, **kwargs):
-        if options.get("memory"):
-            try:
-                self.drivers.hypervisor.resume(instance["id"])
-            except Exception as e:  # log and swallow: later reverts must still run
-                LOG.error("revert: could not resume %s: %s", instance["name"], e)
+    def revert(self, set_id, instance, agent, options, result, flow_failures=None, **kwargs):
+        memory = options.get("memory")
+        if not memory and not agent.get("reachable"):
             return
-        if not agent.get("reachable"):
+        if not memory and not is_failure(result) and not result.get("frozen"):
             return
-        if not is_failure(result) and not result.get("frozen"):
-            return
-        # A failed freeze may have frozen some filesystems: thaw anyway.
+        what = "resume" if memory else "thaw"
         try:
-            thawed = self.drivers.hypervisor.thaw(instance["id"])
-            LOG.info("revert: thawed %s filesystems of %s", thawed, instance["name"])
+            if memory:
+                self.drivers.hypervisor.resume(instance["id"])
+            else:  # a failed freeze may have frozen some filesystems: thaw anyway
+                thawed = self.drivers.hypervisor.thaw(instance["id"])
+                LOG.info("revert: thawed %s filesystems of %s", thawed, instance["name"])
         except Exception as e:  # log and swallow: later reverts must still run
-            LOG.error("revert: could not thaw %s: %s", instance["name"], e)
-        g = guard.get(set_id)
-        if g is not None:
-            try:
-                g.disarm()
-            except Exception as e:  # the guard thaws on close if still armed
-                LOG.error("revert: could not disarm the thaw guard: %s", e)
+            LOG.error("revert: could not %s %s: %s", what, instance["name"], e)
+        ended = time.monotonic()
+        try:
+            outcome, fired_mono = _disarm(set_id, instance, what)
+        except Exception as e:  # the guard stays armed: it thaws on its own
+            LOG.error("revert: could not disarm the thaw guard: %s", e)
+            outcome, fired_mono = guard.ARMED, None
+        if not is_failure(result) and result.get("started_mono") is not None:
+            _tell_frozen_time(flow_failures, result, outcome, fired_mono or ended)
+
+
+def _tell_frozen_time(flow_failures, freeze, outcome, thawed_mono):
+    """Add to a window failure's message how long the guest was really
+    frozen: from the freeze call to the thaw that ended it (cgsnap's or the
+    guard's)."""
+    if outcome == guard.ARMED:
+        note = "; the guest is not confirmed thawed yet: the thaw guard keeps thawing it"
+    else:
+        held = thawed_mono - freeze["started_mono"]
+        by = "the thaw guard" if outcome == guard.FIRED else "cgsnap"
+        note = (f"; the guest was frozen for {held:.1f}s (freeze_timeout "
+                f"{freeze['timeout_s']:g}s), thawed by {by}")
+    for fail in (flow_failures or {}).values():
+        exc = getattr(fail, "exception", None)
+        if isinstance(exc, exception.CgsnapError) and exc.details.get("in_window") \
+                and "the guest was frozen for" not in exc.message:
+            exc.message += note
+            if hasattr(fail, "_exception_str"):
+                fail._exception_str = exc.message
 
 
 class ThawGuest(CgsnapTask):
@@ -184,22 +316,32 @@ class ThawGuest(CgsnapTask):
     def execute(self, set_id, instance, freeze, thaw_guard):
         self.fault_point()
         if freeze["mode"] == manifest_mod.CONSISTENCY_CRASH:
+            guard.stop(set_id)
             return {"started_at": None, "ended_at": None, "window_s": None, "thawed": None,
                     "guard": "off"}
         started_at = manifest_mod.isotime()
-        if freeze["mode"] == manifest_mod.CONSISTENCY_MEMORY:
+        thaw_started = time.monotonic()
+        memory = freeze["mode"] == manifest_mod.CONSISTENCY_MEMORY
+        if memory:
             self.drivers.hypervisor.resume(instance["id"])
             thawed = 0
         else:
             thawed = self.drivers.hypervisor.thaw(instance["id"])
         window = time.monotonic() - freeze["started_mono"]
-        outcome = "off"
+        outcome, fired_mono = "off", None
         if thaw_guard["enabled"]:
-            outcome = guard.get(set_id).disarm()
-            guard.stop(set_id)
-        if outcome == "fired":
+            outcome, fired_mono = _disarm(set_id, instance, "resume" if memory else "thaw")
+        if outcome == guard.ARMED:
             raise exception.QuiesceFailed(
-                f"the freeze outlived its deadline ({window:.1f}s): the thaw guard thawed "
-                f"{instance['name']} before every member was taken")
+                f"the {'resume' if memory else 'thaw'} of {instance['name']} is not confirmed "
+                "by the hypervisor: the thaw guard stays armed and keeps trying")
+        if outcome == guard.FIRED:
+            held = (fired_mono or time.monotonic()) - freeze["started_mono"]
+            raise exception.QuiesceFailed(
+                f"the freeze outlived its deadline: the thaw guard thawed {instance['name']} "
+                f"after {held:.1f}s (freeze_timeout {freeze.get('timeout_s', 0):g}s), before "
+                "every member was taken")
+        deadline = freeze.get("deadline_mono")
         return {"started_at": started_at, "ended_at": manifest_mod.isotime(),
-                "window_s": round(window, 6), "thawed": thawed, "guard": outcome}
+                "window_s": round(window, 6), "thawed": thawed, "guard": outcome,
+                "deadline_missed": bool(deadline is not None and thaw_started > deadline)}

@@ -9,8 +9,9 @@ import os
 
 from oslo_log import log as logging
 
+from cgsnap import drivers as drivers_mod
+from cgsnap import exception, naming, plan
 from cgsnap import manifest as manifest_mod
-from cgsnap import naming
 from cgsnap.tasks.base import CgsnapTask
 
 LOG = logging.getLogger(__name__)
@@ -32,7 +33,13 @@ class CheckImageStore(CgsnapTask):
     def execute(self, manifest):
         self.fault_point()
         if image_members(manifest):
-            self.drivers.images.ping()
+            try:
+                self.drivers.images.ping()
+            except exception.ConfigError as e:
+                raise exception.ConfigError(
+                    f"{e} (the root disk has no Cinder volume serial, so it is uploaded to "
+                    "Glance; '[snapshot] local_disks = qcow2' keeps a local copy instead)"
+                ) from None
 
 
 class CleanupImages(CgsnapTask):
@@ -84,5 +91,12 @@ class DeleteImages(CgsnapTask):
 
     def execute(self, set_id, manifest):
         self.fault_point()
-        if image_members(manifest):
-            delete_set_images(self.drivers.images, set_id)
+        members = image_members(manifest)
+        if not members:
+            return
+        why = drivers_mod.unavailable("images", self.drivers)
+        if why and plan.never_created_in(manifest, members):
+            LOG.info("set %s: Glance not asked (%s); the set never uploaded an image",
+                     set_id, why)
+            return
+        delete_set_images(self.drivers.images, set_id)

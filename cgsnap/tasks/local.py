@@ -38,6 +38,16 @@ def set_dir(set_id):
     return os.path.join(os.path.abspath(os.path.expanduser(base)), set_id)
 
 
+def remove_empty_set_dir(set_id):
+    """Remove the set's directory if a pre-check made it and nothing was put
+    in it (a later pre-check failed); a directory with files is left to
+    :func:`put_disks_back`, which knows whether a disk still uses them."""
+    try:
+        os.rmdir(set_dir(set_id))
+    except OSError:
+        pass
+
+
 class CheckLocalDisks(CgsnapTask):
     """Before the freeze: every local member is a file we can snapshot, and
     the copy directory has room for all of them."""
@@ -81,6 +91,9 @@ class CheckLocalDisks(CgsnapTask):
             raise exception.Refused(
                 f"{out_dir} has {free >> 20} MiB free; the local disks need {need >> 20} MiB")
         return plan
+
+    def revert(self, set_id, **kwargs):
+        remove_empty_set_dir(set_id)  # runs after CleanupLocalDisks emptied it
 
 
 class CleanupLocalDisks(CgsnapTask):

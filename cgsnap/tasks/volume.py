@@ -1,13 +1,13 @@
 """Tasks that touch block storage (Cinder) through the volume driver."""
 
 import concurrent.futures
-import functools
 import threading
 import time
 
 from oslo_log import log as logging
 
-from cgsnap import exception, faults, naming, progress, quota, wait
+from cgsnap import cleanup, exception, faults, naming, plan, progress, quota, wait
+from cgsnap import drivers as drivers_mod
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
 from cgsnap.tasks.base import CgsnapTask
@@ -16,6 +16,9 @@ LOG = logging.getLogger(__name__)
 
 _pool = None
 _pool_lock = threading.Lock()
+# set id -> futures of creates that may still be running (see CleanupVolumeSnapshots)
+_inflight = {}
+delete_set_snapshots = cleanup.delete_set_snapshots  # for bench/ and older callers
 
 
 def executor():
@@ -37,12 +40,18 @@ def volume_members(manifest):
 class CheckVolumes(CgsnapTask):
     """Every volume exists, is ``in-use`` and is attached to this instance.
 
-    Provides each volume's size (for the quota check) and Cinder group (for
-    :class:`ChooseVolumeCut`)."""
+    A (multiattach) volume also attached to another instance is refused
+    unless ``--allow-shared-volumes``: the freeze does not quiesce the other
+    instance's writes, so its snapshot is at best crash-consistent.  When
+    allowed, its id is in ``shared_volumes`` and the manifest records that
+    member as crash-consistent.
 
-    default_provides = ("volume_sizes", "volume_groups")
+    Provides each volume's size (for the quota check), Cinder group (for
+    :class:`ChooseVolumeCut`) and the shared volumes."""
 
-    def execute(self, instance, manifest):
+    default_provides = ("volume_sizes", "volume_groups", "shared_volumes")
+
+    def execute(self, instance, manifest, options):
         self.fault_point()
         attached = {d["serial"] for d in instance["disks"] if d["serial"]}
         for vid in manifest["excluded_volumes"]:
@@ -50,10 +59,10 @@ class CheckVolumes(CgsnapTask):
                 raise exception.Refused(
                     f"--exclude-volume {vid}: no such volume is attached to instance "
                     f"{instance['name']}")
-        sizes, groups = {}, {}
+        sizes, groups, shared = {}, {}, []
         members = volume_members(manifest)
         if not members:  # a plain libvirt host may have no volume service at all
-            return sizes, groups
+            return sizes, groups, shared
         found = self.drivers.volumes.get_volumes([m["volume_id"] for m in members])
         for member in members:
             vid = member["volume_id"]
@@ -70,9 +79,17 @@ class CheckVolumes(CgsnapTask):
                 raise exception.Refused(
                     f"volume {vid} (disk {member['device']}) is attached to {owner} in Cinder, "
                     f"not to {instance['id']}")
+            if others and not options.get("allow_shared_volumes"):
+                raise exception.Refused(
+                    f"volume {vid} (disk {member['device']}) is also attached to instance "
+                    f"{', '.join(others)}: freezing {instance['name']} does not stop writes "
+                    "from there, so its snapshot would only be crash-consistent; use "
+                    "--allow-shared-volumes to take it anyway (recorded as crash-consistent)")
+            if others:
+                shared.append(vid)
             sizes[vid] = vol["size_gb"]
             groups[vid] = vol.get("group_id")
-        return sizes, groups
+        return sizes, groups, shared
 
 
 CUT_GROUP = "group"          # one Cinder group snapshot cuts every volume member
@@ -178,50 +195,21 @@ class CleanupVolumeSnapshots(CgsnapTask):
     def revert(self, set_id, manifest, **kwargs):
         if not volume_members(manifest):
             return
+        # Creates still in flight (a window timeout, SIGTERM) would make
+        # snapshots after the delete: wait for them, then delete and watch
+        # for late arrivals, as recover does.
+        futures = _inflight.pop(set_id, ())
+        if futures:
+            _done, running = concurrent.futures.wait(futures, CONF.snapshot.cleanup_timeout)
+            if running:
+                LOG.error("revert: %d snapshot creates of set %s are still running",
+                          len(running), set_id)
         try:
-            left = delete_set_snapshots(self.drivers.volumes, set_id,
-                                        CONF.snapshot.cleanup_timeout)
+            left = cleanup.delete_volume_members(self.drivers.volumes, set_id,
+                                                 CONF.snapshot.cleanup_timeout)
             LOG.info("revert: deleted %d snapshots of set %s", left, set_id)
         except Exception as e:  # log and swallow; the caller verifies nothing is left
             LOG.error("revert: could not delete every snapshot of set %s: %s", set_id, e)
-
-
-def delete_set_snapshots(volumes, set_id, deadline_s):
-    """Delete all snapshots of a set and wait until they are gone.
-
-    A group snapshot of the set (found by its description) goes first: its
-    members cannot be deleted one by one.  Snapshots still ``creating``
-    cannot be deleted in Cinder, so wait for them to settle first.  Returns
-    how many snapshots were deleted (a group snapshot counts once).
-    """
-    deadline = time.monotonic() + deadline_s
-    remaining = lambda: max(deadline - time.monotonic(), 0.0)  # noqa: E731
-    groups = 0
-    if volumes.supports_groups():
-        groups = _delete_and_wait(lambda: volumes.list_group_snapshots(set_id),
-                                  volumes.delete_group_snapshot, remaining,
-                                  f"the group snapshot of set {set_id}")
-    return groups + _delete_and_wait(lambda: volumes.list_snapshots(set_id),
-                                     volumes.delete_snapshot, remaining,
-                                     f"snapshots of set {set_id}")
-
-
-def _delete_and_wait(list_fn, delete_fn, remaining, what):
-    """Let everything ``list_fn`` returns settle, delete it, wait until it is
-    gone; raise CleanupIncomplete for what is stuck in ``error_deleting``."""
-    found = wait.poll(list_fn, lambda xs: not any(x["status"] == "creating" for x in xs),
-                      remaining(), what=f"{what} to settle")
-    for item in found:
-        if item["status"] not in ("deleting", "deleted"):
-            delete_fn(item["id"])
-    if found:
-        wait.poll(list_fn, lambda xs: not [x for x in xs if x["status"] != "error_deleting"],
-                  remaining(), initial=0.1, what=f"deletion of {what}")
-        stuck = [x["id"] for x in list_fn()]
-        if stuck:
-            raise exception.CleanupIncomplete(
-                f"{what} stuck in error_deleting: {', '.join(stuck)}")
-    return len(found)
 
 
 class SnapshotVolumes(CgsnapTask):
@@ -244,66 +232,121 @@ class SnapshotVolumes(CgsnapTask):
         mode = volume_cut_plan["mode"]
         if mode == CUT_NONE:
             return {"mode": mode, "snapshots": [], "group_snapshot": None}
-        if freeze.get("started_mono") is not None:
-            # The wait must end before the freeze deadline, so the guest is thawed in
-            # time, and its polls stay frequent: overshoot is added to the window.
-            deadline = options["freeze_timeout"] - (time.monotonic() - freeze["started_mono"])
-            max_interval = CONF.snapshot.poll_max_interval_frozen
-        else:
-            deadline = options["wait_timeout"]
-            max_interval = CONF.snapshot.poll_max_interval
-        poll = functools.partial(wait.poll, deadline_s=deadline,
-                                 initial=CONF.snapshot.poll_initial_interval,
-                                 maximum=max_interval)
+        window = _Window(freeze, options)
+        if window.frozen and not window.remaining():
+            # Past the deadline the guard may have thawed already: a cut now
+            # would not be consistent, so none is started.
+            raise window.timeout(volume_members(manifest), "the deadline passed before the "
+                                 "snapshots were started")
         if mode == CUT_GROUP:
-            return self._group(volume_cut_plan, poll)
-        return self._per_volume(set_id, manifest, poll)
+            return self._group(set_id, manifest, volume_cut_plan, window)
+        return self._per_volume(set_id, manifest, window)
 
-    def _per_volume(self, set_id, manifest, poll):
+    def _per_volume(self, set_id, manifest, window):
         members = volume_members(manifest)
         vols = self.drivers.volumes
         futures = [executor().submit(vols.create_snapshot, m["volume_id"], m["name"],
                                      member_metadata(set_id, manifest, m))
                    for m in members]
-        errors = []
-        for fut in futures:
-            try:
-                fut.result()
-            except Exception as e:
-                errors.append(e)
+        _inflight[set_id] = futures
+        done, running = concurrent.futures.wait(futures, window.remaining())
+        if running:
+            late = [m for m, f in zip(members, futures) if f in running]
+            raise window.timeout(late, "the create call did not return")
+        errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]
         faults.point("task.SnapshotVolumes.created")
         total = len(members)
+        last = {"snaps": []}
 
         def _progress(snaps):
+            last["snaps"] = snaps
             ready = sum(1 for s in snaps if s["status"] != "creating")
             progress.report(f"waiting for snapshots: {ready}/{total} ready")
 
-        snaps = poll(lambda: vols.list_snapshots(set_id),
-                     lambda ss: len(ss) >= total and all(s["status"] != "creating" for s in ss),
-                     what=f"{total} member snapshots", on_poll=_progress)
+        try:
+            snaps = window.poll(
+                lambda: vols.list_snapshots(set_id),
+                lambda ss: len(ss) >= total and all(s["status"] != "creating" for s in ss),
+                what=f"{total} member snapshots", on_poll=_progress)
+        except exception.WaitTimeout:
+            ready = {s["name"] for s in last["snaps"] if s["status"] != "creating"}
+            raise window.timeout([m for m in members if m["name"] not in ready],
+                                 "still creating") from None
         bad = [s for s in snaps if s["status"] != "available"]
         if bad:
             raise exception.SnapshotFailed(
                 f"snapshot {bad[0]['name']} of volume {bad[0]['volume_id']} went to "
                 f"'{bad[0]['status']}'")
+        _inflight.pop(set_id, None)
         return {"mode": CUT_PER_VOLUME, "group_snapshot": None,
                 "snapshots": [_member_view(s) for s in snaps]}
 
-    def _group(self, plan, poll):
+    def _group(self, set_id, manifest, plan, window):
         vols = self.drivers.volumes
-        gs = vols.create_group_snapshot(plan["group_id"], plan["name"], plan["description"])
+        fut = executor().submit(vols.create_group_snapshot, plan["group_id"], plan["name"],
+                                plan["description"])
+        _inflight[set_id] = [fut]
+        try:
+            gs = fut.result(window.remaining())
+        except concurrent.futures.TimeoutError:
+            raise window.timeout(volume_members(manifest), f"the group snapshot of group "
+                                 f"{plan['group_id']} was not created") from None
         faults.point("task.SnapshotVolumes.created")
         progress.report("waiting for the group snapshot")
-        gs = poll(lambda: vols.get_group_snapshot(gs["id"]),
-                  lambda g: g["status"] != "creating", what=f"group snapshot {gs['id']}")
+        try:
+            gs = window.poll(lambda: vols.get_group_snapshot(gs["id"]),
+                             lambda g: g["status"] != "creating",
+                             what=f"group snapshot {gs['id']}")
+        except exception.WaitTimeout:
+            raise window.timeout(volume_members(manifest),
+                                 f"group snapshot {gs['id']} still creating") from None
         if gs["status"] != "available":
             raise exception.SnapshotFailed(
                 f"group snapshot {gs['id']} of group {plan['group_id']} went to "
                 f"'{gs['status']}'")
+        _inflight.pop(set_id, None)
         return {"mode": CUT_GROUP, "snapshots": [],
                 "group_snapshot": {k: gs[k] for k in ("id", "name", "group_id")}}
+
+
+class _Window:
+    """The deadline every create and poll of the cut is bounded by: inside a
+    freeze, the freeze's absolute deadline (``freeze_timeout`` from the moment
+    the freeze call returned); otherwise ``wait_timeout`` from now."""
+
+    def __init__(self, freeze, options):
+        deadline = freeze.get("deadline_mono")
+        if deadline is None and freeze.get("started_mono") is not None:  # an older logbook
+            deadline = freeze["started_mono"] + options["freeze_timeout"]
+        self.frozen = deadline is not None
+        if self.frozen:
+            self.limit_s = freeze.get("timeout_s") or options["freeze_timeout"]
+            # Polls stay frequent: overshoot is added to the window.
+            self.max_interval = CONF.snapshot.poll_max_interval_frozen
+        else:
+            self.limit_s = options["wait_timeout"]
+            deadline = time.monotonic() + self.limit_s
+            self.max_interval = CONF.snapshot.poll_max_interval
+        self.deadline = deadline
+
+    def remaining(self):
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def poll(self, fetch, done, what, on_poll=None):
+        return wait.poll(fetch, done, self.remaining(),
+                         initial=CONF.snapshot.poll_initial_interval,
+                         maximum=self.max_interval, what=what, on_poll=on_poll)
+
+    def timeout(self, late_members, why):
+        names = ", ".join(f"{m['device']} (volume {m['volume_id']})" for m in late_members)
+        where = (f"inside the freeze window (freeze_timeout {self.limit_s:g}s)" if self.frozen
+                 else f"within wait_timeout ({self.limit_s:g}s)")
+        subject = f"member snapshot(s) {names}" if names else "the volume cut"
+        return exception.WindowTimeout(f"{subject} did not finish {where}: {why}",
+                                       in_window=self.frozen,
+                                       members=[m["name"] for m in late_members])
 
 
 class TagGroupSnapshotMembers(CgsnapTask):
@@ -357,6 +400,12 @@ class DeleteVolumeSnapshots(CgsnapTask):
 
     def execute(self, set_id, manifest):
         self.fault_point()
-        if not volume_members(manifest):
+        members = volume_members(manifest)
+        if not members:
+            return 0
+        why = drivers_mod.unavailable("volumes", self.drivers)
+        if why and plan.never_created_in(manifest, members):
+            LOG.info("set %s: Cinder not asked (%s); the set never created a snapshot",
+                     set_id, why)
             return 0
         return delete_set_snapshots(self.drivers.volumes, set_id, CONF.snapshot.cleanup_timeout)

@@ -38,7 +38,9 @@ def libvirtd():
     run_testguest("build")
     run_testguest("libvirtd-start")
     yield URI
-    run_testguest("down")
+    # CGSNAP_E2E_KEEP_LIBVIRTD=1: the private libvirtd is shared (other guests run on it).
+    if os.environ.get("CGSNAP_E2E_KEEP_LIBVIRTD") != "1":
+        run_testguest("down")
 
 
 class RealGuest:
@@ -67,9 +69,17 @@ class RealGuest:
         rc = cli.run(["--config-file", str(self.conf), *argv], stdout=out, stderr=err)
         return rc, out.getvalue(), err.getvalue()
 
+    def reconnect(self):
+        self.conn = libvirt.open(URI)
+        self.dom = self.conn.lookupByName(self.name)
+
     def agent(self, command):
-        return json.loads(libvirt_qemu.qemuAgentCommand(
-            self.dom, json.dumps({"execute": command}), 10, 0))["return"]
+        try:
+            out = libvirt_qemu.qemuAgentCommand(self.dom, json.dumps({"execute": command}), 10, 0)
+        except libvirt.libvirtError:
+            self.reconnect()  # libvirtd may have been restarted (a test does that)
+            out = libvirt_qemu.qemuAgentCommand(self.dom, json.dumps({"execute": command}), 10, 0)
+        return json.loads(out)["return"]
 
     def freeze_status(self):
         return self.agent("guest-fsfreeze-status")
@@ -97,7 +107,7 @@ class RealGuest:
 
 @pytest.fixture(scope="module")
 def real_guest_name(libvirtd):
-    name = "cgsnap-e2e"
+    name = os.environ.get("CGSNAP_E2E_GUEST", "cgsnap-e2e")
     run_testguest("boot", name, "--fresh", "--interval", "0.02", timeout=180)
     yield name
     run_testguest("destroy", name)

@@ -12,8 +12,7 @@ import uuid
 
 import pytest
 
-from cgsnap import testing
-
+from .. import lab as testlab
 from .conftest import RealGuest, inspect_image, run_testguest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +28,7 @@ def cinder_guest(libvirtd, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("cinder-guest")
     if not os.path.exists(CLOUDS):
         pytest.fail("dev cloud not set up: run `make e2e` (it starts it)", pytrace=False)
-    lab = testing.CinderLab(CLOUDS)
+    lab = testlab.CinderLab(CLOUDS)
     vols = [lab.user.volumes.create(1, name=f"e2e-cinder-{i}") for i in range(3)]
     for v in vols:
         lab._wait_volume(v.id, "available")

@@ -1,24 +1,87 @@
 """The thaw guard on the real guest: cgsnap SIGKILLed or hung inside the
-freeze window, measured from outside with qemu-ga's guest-fsfreeze-status."""
+freeze window, its whole cgroup stopped, libvirtd restarted, the guest agent
+stalled, and ``--memory``'s pause; always measured from outside with qemu-ga's
+guest-fsfreeze-status (or the domain state)."""
 
+import glob
 import json
 import os
 import signal
 import subprocess
 import time
 
-from .conftest import ROOT, Sampler
+import libvirt
+import pytest
 
-CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
+from tests import faultcli
+
+from .conftest import Sampler, run_testguest
+
+MARGIN = 1.0
 
 
-def _start(guest, fault, freeze_timeout):
-    guest.conf.write_text(guest.conf.read_text().replace(
-        "freeze_timeout = 30", f"freeze_timeout = {freeze_timeout}\nthaw_guard_margin = 1.0"))
+def _start(guest, fault, freeze_timeout, args=(), extra="", cgroup=None):
+    text = guest.conf.read_text()
+    text = text.replace("freeze_timeout = 30", f"freeze_timeout = {freeze_timeout}\n"
+                        f"thaw_guard_margin = {MARGIN}\n{extra}")
+    guest.conf.write_text(text)
     env = dict(os.environ, CGSNAP_FAULT=fault)
-    return subprocess.Popen([CGSNAP, "--config-file", str(guest.conf), "create",
-                             "--all-volumes", guest.name], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def _join_cgroup():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    return subprocess.Popen(faultcli.COMMAND + ["--config-file", str(guest.conf), "create",
+                                                *args, "--all-volumes", guest.name],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_join_cgroup if cgroup else None)
+
+
+def _cgsnap(guest, *argv):
+    return subprocess.run(faultcli.COMMAND + ["--config-file", str(guest.conf), *argv],
+                          capture_output=True, text=True)
+
+
+def _wait_for(what, fn, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"{what} not seen within {timeout}s", pytrace=False)
+
+
+def _seen(sampler, value, after=0.0):
+    return lambda: [t for t, v in list(sampler.samples) if v == value and t > after]
+
+
+def _thawed_again(sampler):
+    """Times the guest was seen thawed after it was first seen frozen."""
+    def fn():
+        frozen = _seen(sampler, "frozen")()
+        return frozen and _seen(sampler, "thawed", frozen[0])()
+    return fn
+
+
+def _guard_records(guest):
+    out = []
+    for path in glob.glob(str(guest.tmp / "state" / "guards" / "*.json")):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def _guard_pids(guest):
+    pids = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            argv = open(cmdline, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"cgsnap.guard" in argv and guest.id.encode() in argv:
+            pids.append(int(cmdline.split("/")[2]))
+    return pids
 
 
 def _frozen_span(samples):
@@ -29,8 +92,7 @@ def _frozen_span(samples):
 
 
 def _recover(guest):
-    out = subprocess.run([CGSNAP, "--config-file", str(guest.conf), "recover", "-f", "json"],
-                         capture_output=True, text=True)
+    out = _cgsnap(guest, "recover", "-f", "json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -71,7 +133,117 @@ def test_hang_inside_the_window_is_thawed_at_the_deadline(real_guest):
     proc.wait(10)
     rows = _recover(real_guest)
     assert rows and rows[0]["action"] == "reverted"
-    guard_note = json.loads(subprocess.run(
-        [CGSNAP, "--config-file", str(real_guest.conf), "show", rows[0]["id"], "-f", "json"],
-        capture_output=True, text=True).stdout)["status_reason"]
+    guard_note = json.loads(_cgsnap(real_guest, "show", rows[0]["id"], "-f", "json").stdout
+                            )["status_reason"]
     assert "thaw guard" in guard_note
+
+
+def _hang_frozen(guest, freeze_timeout, extra="", cgroup=None):
+    """cgsnap hung inside the window (before its local snapshot call)."""
+    sampler = Sampler(guest.freeze_status, interval=0.05)
+    sampler.start()
+    proc = _start(guest, "task.SnapshotLocalDisks:hang=60", freeze_timeout, extra=extra,
+                  cgroup=cgroup)
+    _wait_for("the guest frozen", _seen(sampler, "frozen"), 60)
+    return sampler, proc
+
+
+def _end(guest, proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(30)
+    rows = _recover(guest)
+    assert all(r["result"] == "ok" for r in rows), rows
+
+
+def test_libvirtd_restart_inside_the_window_guard_reconnects_and_thaws(real_guest):
+    sampler, proc = _hang_frozen(real_guest, freeze_timeout=8)
+    t0 = time.time()
+    run_testguest("libvirtd-stop")
+    run_testguest("libvirtd-start")
+    print(f"\nlibvirtd restarted in {time.time() - t0:.2f}s")
+    _wait_for("the guest thawed", _seen(sampler, "thawed", t0), 30)
+    first_frozen, thawed = _frozen_span(sampler.stop())
+    print(f"frozen {thawed - first_frozen:.2f}s (freeze_timeout 8s + margin {MARGIN}s)")
+    assert thawed - first_frozen <= 8 + MARGIN + 2.0
+    (rec,) = _guard_records(real_guest)
+    assert rec["reason"] == "deadline" and rec["confirmed"] and rec["status"] == "thawed"
+    _end(real_guest, proc)
+
+
+@pytest.mark.parametrize("grace", [2.0, None], ids=["term-then-kill", "kill-only"])
+def test_stopping_cgsnaps_whole_cgroup_does_not_stop_the_guard(real_guest, grace):
+    cg = f"/sys/fs/cgroup/unified/guard-e2e-{os.getpid()}-{int(time.time() * 1000)}"
+    os.mkdir(cg)
+    try:
+        sampler, proc = _hang_frozen(real_guest, freeze_timeout=10, cgroup=cg)
+        members = lambda: [int(p) for p in open(f"{cg}/cgroup.procs").read().split()]  # noqa
+        guards = _wait_for("the guard process", lambda: _guard_pids(real_guest), 10)
+        assert proc.pid in members() and not set(guards) & set(members())
+        if grace:  # systemctl stop: SIGTERM to every process, SIGKILL after the grace
+            for pid in members():
+                os.kill(pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        killed = time.time()
+        with open(f"{cg}/cgroup.kill", "w") as f:
+            f.write("1")
+        proc.wait(10)
+        _wait_for("the cgroup empty", lambda: not members(), 10)
+        _wait_for("the guest thawed", _thawed_again(sampler), 20)
+        first_frozen, thawed = _frozen_span(sampler.stop())
+        print(f"\n{'SIGTERM+' if grace else ''}SIGKILL of the cgroup: frozen "
+              f"{thawed - first_frozen:.2f}s in all (freeze_timeout 10s)")
+        assert thawed - first_frozen <= 10 + MARGIN
+        if not grace:
+            assert thawed - killed < 3.0, "the guard should thaw at once when its owner dies"
+            (rec,) = _guard_records(real_guest)
+            assert rec["reason"] == "owner-gone" and rec["confirmed"]
+        _wait_for("the guard exited", lambda: not _guard_pids(real_guest), 15)
+    finally:
+        os.rmdir(cg)
+    _end(real_guest, proc)
+
+
+def _qemu_pid(name):
+    with open(f"/run/libvirt/qemu/{name}.pid") as f:
+        return int(f.read().strip())
+
+
+def test_guard_keeps_thawing_through_a_stalled_agent(real_guest):
+    sampler, proc = _hang_frozen(real_guest, freeze_timeout=3,
+                                 extra="agent_timeout = 2\n")
+    qemu = _qemu_pid(real_guest.name)
+    os.kill(qemu, signal.SIGSTOP)  # the agent (and the whole guest) stops answering
+    try:
+        _wait_for("3 failed guard attempts", lambda: [
+            r for r in _guard_records(real_guest) if r["attempts"] >= 3], 60, 0.2)
+    finally:
+        os.kill(qemu, signal.SIGCONT)
+    resumed = time.time()
+    _wait_for("the guest thawed", _seen(sampler, "thawed", resumed), 60)
+    sampler.stop()
+    (rec,) = _guard_records(real_guest)
+    print(f"\nstalled agent: {rec['attempts']} guard attempts, confirmed {rec['confirmed']}")
+    assert rec["confirmed"] and rec["attempts"] >= 4
+    assert any(a["error"] for a in rec["attempt_log"])
+    _end(real_guest, proc)
+
+
+def test_memory_sigkill_inside_the_pause_is_resumed_by_the_guard(real_guest):
+    text = real_guest.conf.read_text()
+    proc = _start(real_guest, "hypervisor.snapshot_disks:kill", freeze_timeout=20,
+                  args=("--memory",))
+    proc.wait(120)
+    killed = time.time()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    dom = libvirt.open("qemu:///system").lookupByName(real_guest.name)
+    _wait_for("the guest running", lambda: dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING, 10)
+    print(f"\n--memory SIGKILL: running again {time.time() - killed:.2f}s after the kill")
+    assert time.time() - killed < 5
+    (rec,) = _guard_records(real_guest)
+    assert rec["mode"] == "resume" and rec["reason"] == "owner-gone" and rec["confirmed"]
+    real_guest.conf.write_text(text)
+    _end(real_guest, proc)

@@ -35,11 +35,10 @@ import pytest
 
 from cgsnap import drivers, faults
 
+from .. import faultcli
+from .. import lab as testlab
 from ..functional.conftest import CLOUDS, Instance
 from .conftest import RESULTS
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
 
 TASKS = ["DiscoverInstance", "RecordSet", "CheckRootDisk", "CheckVolumes", "CheckQuota",
          "ChooseVolumeCut", "CheckLocalDisks", "CheckMemory", "CheckImageStore", "CheckAgent",
@@ -79,10 +78,9 @@ BEFORE_RECORD = {"hypervisor.get_instance", "task.DiscoverInstance", "task.Recor
 
 
 def _matrix_instance(tmp_path_factory, name, group_type=None):
-    from cgsnap import testing
     if not os.path.exists(CLOUDS):
         pytest.fail("dev cloud not set up: run `make fault-matrix`", pytrace=False)
-    lab = testing.CinderLab(CLOUDS)
+    lab = testlab.CinderLab(CLOUDS)
     tmp = tmp_path_factory.mktemp(name)
     inst = Instance(lab, tmp, 3, name, group_type)
     inst.conf.write_text(inst.conf.read_text().replace(
@@ -151,9 +149,9 @@ def _run_in_process(inst, point, action):
 
 def _run_killed(inst, point):
     env = dict(os.environ, CGSNAP_FAULT=f"{point}:kill")
-    proc = subprocess.run([CGSNAP, "--config-file", str(inst.conf), "create", "--all-volumes",
-                           inst.name, "-f", "json"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([*faultcli.COMMAND, "--config-file", str(inst.conf), "create",
+                           "--all-volumes", inst.name, "-f", "json"], env=env, capture_output=True,
+                          text=True, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -12,9 +12,11 @@ import uuid
 
 import pytest
 
-from cgsnap import exception, faults, testing
+from cgsnap import exception, faults
 from cgsnap.cli import main as cli
 from cgsnap.drivers import libvirt_driver
+
+from .. import lab as testlab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLOUDS = os.environ.get("CGSNAP_TEST_CLOUDS_YAML", os.path.join(ROOT, ".devcloud", "clouds.yaml"))
@@ -30,7 +32,7 @@ def lab():
         pytest.fail(f"dev cloud not set up ({CLOUDS} missing): run `make functional`",
                     pytrace=False)
     try:
-        lab = testing.CinderLab(CLOUDS, cloud=CLOUD, admin_cloud=ADMIN_CLOUD)
+        lab = testlab.CinderLab(CLOUDS, cloud=CLOUD, admin_cloud=ADMIN_CLOUD)
         lab.user.limits.get()
     except Exception as e:  # noqa: BLE001 - report any reason the cloud is unusable
         pytest.fail(f"dev cloud not reachable: {e} (run `tools/devcloud/devcloud.sh start`)",
@@ -51,8 +53,8 @@ class Instance:
                                                           group_id=self.group_id)[0]
         self.volume_ids = lab.create_attached_volumes(self.id, n_data, 1, f"{name}-data",
                                                       group_id=self.group_id)
-        self.uri = testing.write_node(str(tmp_path / "node.xml"), [
-            testing.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
+        self.uri = testlab.write_node(str(tmp_path / "node.xml"), [
+            testlab.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
         self.conf = tmp_path / "cgsnap.conf"
         self.conf.write_text(
             f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"

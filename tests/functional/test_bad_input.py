@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from cgsnap import exception, faults
+from cgsnap import drivers, exception, faults
 
 from .conftest import CLOUDS
 
@@ -163,3 +163,45 @@ def test_state_dir_on_a_full_disk(make_instance, tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
     assert not os.path.ismount(mnt)
+
+
+def test_every_disk_left_out_is_refused_before_the_freeze(make_instance):
+    """Issue 10, defect 17: a set that would capture nothing (root excluded,
+    every volume excluded) is refused (exit 4) naming what was left out,
+    not an `available` set of 0 members; Cinder is not touched."""
+    inst = make_instance(n_data=2, name="nothing")
+    excl = [a for v in inst.volume_ids for a in ("--exclude-volume", v)]
+    rc, _, err = inst.cgsnap("create", "--all-volumes", "--exclude-root", *excl, inst.name)
+    _one_line(err)
+    assert rc == exception.EXIT_REFUSED
+    assert "capture nothing" in err and all(v in err for v in inst.volume_ids)
+    _nothing_left(inst)
+    rc, out, _ = inst.cgsnap("list", "-f", "json", "--status", "available")
+    assert json.loads(out) == []
+    [failed] = json.loads(inst.cgsnap("list", "-f", "json")[1])
+    rc, _, err = inst.cgsnap("delete", failed["id"])
+    assert rc == 0, err
+
+
+def test_refused_set_deletes_on_a_host_without_credentials(make_instance, lab):
+    """Issue 10, defect 17: a set refused by a pre-check never created a
+    snapshot, so deleting it never needs Cinder: on a host whose OpenStack
+    configuration is gone the delete succeeds instead of exiting 8 and
+    leaving the set error_deleting."""
+    inst = make_instance(n_data=1, name="nocreds")
+    lab.reset_status(inst.volume_ids[0], "maintenance")
+    rc, _, err = inst.cgsnap("create", "--all-volumes", inst.name)
+    assert rc == exception.EXIT_REFUSED, err
+    [failed] = json.loads(inst.cgsnap("list", "-f", "json")[1])
+    failed = json.loads(inst.cgsnap("show", failed["id"], "-f", "json")[1])
+    assert {m["kind"] for m in failed["members"]} == {"cinder-snapshot"}
+    # the same host with no OpenStack configured at all, in a new process
+    inst.conf.write_text(inst.conf.read_text().split("[openstack]")[0])
+    drivers.override(None)
+    old = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("OS_")}
+    try:
+        rc, _, err = inst.cgsnap("delete", failed["id"])
+    finally:
+        os.environ.update(old)
+    assert rc == 0, err
+    assert json.loads(inst.cgsnap("list", "-f", "json")[1]) == []

@@ -13,10 +13,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from .. import faultcli
 from .conftest import ROOT
-
-CGSNAP = os.path.join(ROOT, ".venv", "bin", "cgsnap")
-
 
 SQLDB = os.path.join(ROOT, "tools", "sqldb.sh")
 
@@ -55,9 +53,9 @@ def _rows(url, table):
 
 def _killed_create(inst, point):
     env = dict(os.environ, CGSNAP_FAULT=f"{point}:kill")
-    return subprocess.run([CGSNAP, "--config-file", str(inst.conf), "create", "--all-volumes",
-                           inst.name, "-f", "json"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([*faultcli.COMMAND, "--config-file", str(inst.conf), "create",
+                           "--all-volumes", inst.name, "-f", "json"], env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_create_list_delete_with_both_stores_on_the_server(inst):

@@ -1,28 +1,30 @@
-"""Unit fixtures: libvirt's test driver for the guest, the in-memory backend
-for storage."""
+"""Unit fixtures: libvirt's test driver for the guest, the fake backends
+(cgsnap/drivers/fake.py) for storage."""
 
 import pytest
 
-from cgsnap import drivers, testing
-from cgsnap.drivers import libvirt_driver, memory
+from cgsnap import drivers
+from cgsnap.drivers import fake, libvirt_driver
+
+from .. import lab as testlab
 
 
 class Guest:
-    """A test-driver guest with N in-memory volumes (volume-backed root)."""
+    """A test-driver guest with N fake volumes (volume-backed root)."""
 
     def __init__(self, tmp_path, n_volumes=3, root_volume=True, name="guest1", **backend_kw):
-        self.backend = memory.MemoryVolumeBackend(**backend_kw)
-        self.id = testing.new_instance_id()
+        self.backend = fake.FakeVolumeBackend(**backend_kw)
+        self.id = testlab.new_instance_id()
         self.name = name
         self.root_volume_id = (self.backend.add_volume(attached_to=[self.id], size_gb=2)
                                if root_volume else None)
         self.volume_ids = [self.backend.add_volume(attached_to=[self.id])
                            for _ in range(n_volumes)]
-        self.uri = testing.write_node(
+        self.uri = testlab.write_node(
             str(tmp_path / "node.xml"),
-            [testing.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
+            [testlab.domain_xml(name, self.id, self.root_volume_id, self.volume_ids)])
         self.hypervisor = libvirt_driver.LibvirtHypervisor(self.uri)
-        self.images = memory.MemoryImageBackend()
+        self.images = fake.FakeImageBackend()
         drivers.override(drivers.DriverSet(self.hypervisor, self.backend, self.images))
 
     @property

@@ -120,7 +120,7 @@ def test_failure_inside_or_after_the_window_thaws_and_cleans(guest, point):
 
 def test_wait_deadline_fails_and_thaws(make_guest):
     g = make_guest(n_volumes=2, latency=5.0)
-    with pytest.raises(exception.WaitTimeout, match="did not finish within"):
+    with pytest.raises(exception.WaitTimeout, match="did not finish inside the freeze window"):
         api.create_snapshot_set(g.name, timeout=0.5)
     doc = _only_manifest(g)
     assert doc["status"] == "failed" and g.frozen_count() == 0

@@ -135,9 +135,15 @@ def test_a_set_without_volume_members_never_touches_the_volume_service(guest):
             raise AssertionError(f"volume service used: {name}")
 
     drivers.override(drivers.DriverSet(guest.hypervisor, NoVolumeService(), guest.images))
-    doc = api.create_snapshot_set(guest.name, all_volumes=False, exclude_root=True)
-    assert doc["status"] == "available" and doc["members"] == []
-    assert doc["backend_consistency"] is None
+    # A set of no members at all is refused before the freeze (issue 10,
+    # defect 17); neither that nor deleting the refused set asks Cinder.
+    with pytest.raises(exception.Refused, match="capture nothing"):
+        api.create_snapshot_set(guest.name, all_volumes=False, exclude_root=True)
+    assert guest.frozen_count() == 0
+    [failed] = api.list_snapshot_sets(status="failed")
+    assert failed["members"] == [] and failed["backend_consistency"] is None
+    api.delete_snapshot_set(failed["id"])
+    assert api.list_snapshot_sets() == []
 
 
 def test_tagging_resumed_after_a_crash_finds_and_finishes_every_member(grouped):

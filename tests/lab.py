@@ -1,9 +1,15 @@
-"""Helpers for tests, the demo and benchmarks: libvirt test-driver guests.
+"""Lab helpers for the tests, ``make demo`` (tools/demo.py) and the benchmarks
+(bench/): libvirt test-driver guests and dev-cloud volumes.
+
+Not part of the installed package: :class:`CinderLab` uses the dev cloud's
+admin account to reset states and change quotas.  Everything that imports
+this module runs from a repository checkout (``from tests import lab``; the
+demo and bench scripts put the repository root on ``sys.path``).
 
 libvirt's test driver (``test:///path/node.xml``) is real libvirt API with a
 simulated hypervisor: it keeps a freeze count per domain, so cgsnap's
 freeze/thaw go through the real libvirt calls.  It cannot take disk snapshots;
-storage comes from Cinder (or the in-memory backend).
+storage comes from Cinder (or the fake backend, cgsnap/drivers/fake.py).
 """
 
 import os

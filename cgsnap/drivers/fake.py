@@ -1,8 +1,13 @@
-"""An in-process volume backend with configurable latency (unit tests, benchmarks).
+"""The documented fake storage backends, for unit tests and benchmarks.
 
-It models Cinder closely enough for the flow: snapshots start ``creating``
-and become ``available`` after ``latency`` seconds (± ``jitter``), a
-concurrency cap can serialise creates like a busy API, quotas are enforced,
+:class:`FakeVolumeBackend` (Cinder's interface) and :class:`FakeImageBackend`
+(Glance's) keep everything in this process; nothing configures them: tests
+and benchmarks install them with :func:`cgsnap.drivers.override`.  They have
+nothing to do with ``cgsnap create --memory`` (the guest's RAM image).
+
+The volume fake models Cinder closely enough for the flow: snapshots start
+``creating`` and become ``available`` after ``latency`` seconds (± ``jitter``),
+a concurrency cap can serialise creates like a busy API, quotas are enforced,
 and any volume can be put in an arbitrary status.  It is never the only proof
 a feature works: the functional tier runs the same flows on real Cinder.
 """
@@ -16,7 +21,9 @@ from cgsnap import exception, faults, naming
 from cgsnap.drivers import base
 
 
-class MemoryVolumeBackend(base.VolumeBackend):
+class FakeVolumeBackend(base.VolumeBackend):
+    """Volumes, snapshots, groups and group snapshots in dicts."""
+
     def __init__(self, latency=0.0, jitter=0.0, max_concurrency=None, seed=0,
                  snapshot_quota=-1, gigabytes_quota=-1, create_cost=0.0):
         self.latency = latency
@@ -239,7 +246,7 @@ class MemoryVolumeBackend(base.VolumeBackend):
                                 group_snapshot_id=None)
 
 
-class MemoryImageBackend:
+class FakeImageBackend:
     """An in-process image store with Glance's interface (unit tests)."""
 
     def __init__(self):
