@@ -302,7 +302,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     restart) stop; start ;;
-    status) status ;;
+    status) status || exit 1 ;;  # (no ERR-trap message for "down")
     env) env_cmd ;;
     reset) reset ;;
     *) echo "usage: DEVCLOUD_SHAPE=production $0 install|start|stop|restart|status|env|reset" >&2; exit 2 ;;
