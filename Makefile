@@ -5,12 +5,16 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
+# `make devcloud DEVCLOUD_SHAPE=production`: the production-shaped dev cloud
+# (tools/devcloud/production.sh), beside the default one.
+DEVCLOUD_SHAPE ?= default
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e fault-matrix chaos lint genconfig bench clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional functional-production e2e fault-matrix chaos lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
-	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e)"
+	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e, fault-matrix, functional-production, chaos)"
+	@echo "make functional-production   functional subset on the production-shaped dev cloud"
 	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
 	@echo "make chaos [CHAOS_CASES=60] [CHAOS_SEED=n] [CHAOS_ONLY=i,j] [CHAOS_KINDS=k,...]   seeded soak: faults around cgsnap (docs/safety.md)"
 
@@ -20,10 +24,10 @@ $(VENV)/.cgsnap-installed: requirements.txt test-requirements.txt pyproject.toml
 	tools/bootstrap.sh
 
 devcloud: bootstrap
-	tools/devcloud/devcloud.sh start
+	DEVCLOUD_SHAPE=$(DEVCLOUD_SHAPE) tools/devcloud/devcloud.sh start
 
 devcloud-stop:
-	tools/devcloud/devcloud.sh stop
+	DEVCLOUD_SHAPE=$(DEVCLOUD_SHAPE) tools/devcloud/devcloud.sh stop
 
 demo: devcloud
 	$(PY) tools/demo.py
@@ -36,6 +40,27 @@ unit: bootstrap
 
 functional: devcloud
 	$(PYTEST) -q tests/functional
+
+# The functional tier's representative subset on the production-shaped dev cloud
+# (tools/devcloud/production.sh: cinder-api/-scheduler/-volume over RabbitMQ on
+# MariaDB, member-only user, per-type quotas): the production-shape findings, a
+# 9-member set, quota refusals and a quota exhausted mid-window, a revert that
+# deletes real snapshots, odd names, a group snapshot and a revert after it.
+PROD_CLOUDS := CGSNAP_TEST_CLOUDS_YAML=$(CURDIR)/.devcloud-production/clouds.yaml \
+	CGSNAP_TEST_CLOUD=devcloud-prod CGSNAP_TEST_ADMIN_CLOUD=devcloud-prod-admin
+FN := tests/functional
+FUNCTIONAL_PRODUCTION := $(FN)/test_production_shape.py \
+	$(FN)/test_create_cinder.py::test_volume_root_and_8_data_volumes_make_one_9_member_set \
+	$(FN)/test_create_cinder.py::test_quota_exhausted_partway_through \
+	$(FN)/test_create_cinder.py::test_quota_answer_is_reused_but_a_refusal_asks_cinder_again \
+	$(FN)/test_create_cinder.py::test_failure_after_the_creates_deletes_real_snapshots \
+	$(FN)/test_bad_input.py::test_odd_names $(FN)/test_bad_input.py::test_quota_already_exhausted \
+	$(FN)/test_group_snapshot.py::test_tenant_set_on_a_trusted_consistent_group_uses_one_group_snapshot \
+	"$(FN)/test_group_snapshot.py::test_failure_after_the_group_snapshot_leaves_nothing[volume.tag_snapshot]"
+
+functional-production: bootstrap
+	@$(MAKE) --no-print-directory devcloud DEVCLOUD_SHAPE=production
+	$(PROD_CLOUDS) $(PYTEST) -q $(FUNCTIONAL_PRODUCTION)
 
 testguest: bootstrap
 	tools/testguest/testguest.sh build
@@ -58,8 +83,14 @@ fault-matrix: devcloud
 # summary.  A tier that cannot run fails (exit 2), it never skips.
 CHAOS_CASES ?= 60
 chaos: devcloud testguest
+	@rc=0; $(PYTEST) -q -p no:cacheprovider tests/chaos/test_run.py && \
 	$(PY) tests/chaos/run.py --cases $(CHAOS_CASES) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) \
-	    $(if $(CHAOS_ONLY),--only $(CHAOS_ONLY)) $(if $(CHAOS_KINDS),--kinds $(CHAOS_KINDS))
+	    $(if $(CHAOS_ONLY),--only $(CHAOS_ONLY)) $(if $(CHAOS_KINDS),--kinds $(CHAOS_KINDS)) \
+	    || rc=$$?; \
+	tools/testguest/testguest.sh down >/dev/null 2>&1 || true; \
+	if pgrep -f "^[^ ]*qemu-system-x86_64" >/dev/null || pgrep -x libvirtd >/dev/null; then \
+	    echo "chaos: qemu or libvirtd left running" >&2; rc=1; fi; \
+	exit $$rc
 
 # Freeze-window and fleet benchmarks (bench/RESULTS.md); needs the dev cloud.
 bench: devcloud
@@ -76,6 +107,8 @@ test: bootstrap
 	$(MAKE) --no-print-directory functional && \
 	$(MAKE) --no-print-directory e2e && \
 	$(MAKE) --no-print-directory fault-matrix && \
+	$(MAKE) --no-print-directory functional-production && \
+	$(MAKE) --no-print-directory chaos && \
 	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
 
 clean:
