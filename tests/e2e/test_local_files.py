@@ -42,6 +42,7 @@ def _fail_with_guest_on_overlays(guest):
     faults.arm("hypervisor.block_commit", "raise")
     rc, _, err = guest.cgsnap("create", "--all-volumes", guest.name)
     assert rc != 0 and err.count("\n") == 1, err
+    assert (guest.tmp / "local").is_dir(), f"the create failed before its cut: {err}"
     (set_dir,) = list((guest.tmp / "local").iterdir())
     on = {d: s for d, s in guest.disk_sources().items() if s.startswith(f"{set_dir}/")}
     assert sorted(on) == ["vda", *DATA], guest.disk_sources()
