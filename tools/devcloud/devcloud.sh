@@ -53,9 +53,11 @@ probe() {
 
 pid_of() { [[ -f "$RUN/$1.pid" ]] && cat "$RUN/$1.pid" || true; }
 
-running() {
-    local pid; pid=$(pid_of "$1")
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+running() {  # a live pid in run/ (a process being killed or a zombie is not running)
+    local pid state; pid=$(pid_of "$1")
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ "$state" != Z && "$state" != X ]]
 }
 
 render() {  # render TEMPLATE OUT (only rewrites when content changes)
