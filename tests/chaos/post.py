@@ -52,7 +52,7 @@ def main():
         r["show"] = {}
         if r["list"][0] == 0:
             for row in json.loads(r["list"][1]):
-                if spec.get("show_all") or row.get("status") == "available":
+                if spec.get("show_all") or row.get("status") in ("available", "failed"):
                     r["show"][row["id"]] = _run(conf, "show", row["id"], "-f", "json")
     sys.stdout.write(json.dumps(result))
 

@@ -1177,7 +1177,10 @@ class Run:
                     if entry in live or (entry in pending and any(
                             f.startswith(path + os.sep) for f in in_use)):
                         continue
-                    case.violations["orphans"].append(f"local file {path}")
+                    why = ("its set is not cleanup_pending" if any(
+                        f.startswith(path + os.sep) for f in in_use) else
+                        "no disk uses it" if entry in pending else "not live, not pending")
+                    case.violations["orphans"].append(f"local file {path} ({why})")
         # in_use_deleted
         if t.kind == "rg":
             now = t.chain_files() | before
