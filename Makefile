@@ -5,12 +5,16 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
+# `make devcloud DEVCLOUD_SHAPE=production`: the production-shaped dev cloud
+# (tools/devcloud/production.sh), beside the default one.
+DEVCLOUD_SHAPE ?= default
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional e2e fault-matrix lint genconfig bench clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional functional-production e2e fault-matrix lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
 	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e)"
+	@echo "make functional-production   functional subset on the production-shaped dev cloud"
 	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
 
 bootstrap: $(VENV)/.cgsnap-installed
@@ -19,10 +23,10 @@ $(VENV)/.cgsnap-installed: requirements.txt test-requirements.txt pyproject.toml
 	tools/bootstrap.sh
 
 devcloud: bootstrap
-	tools/devcloud/devcloud.sh start
+	DEVCLOUD_SHAPE=$(DEVCLOUD_SHAPE) tools/devcloud/devcloud.sh start
 
 devcloud-stop:
-	tools/devcloud/devcloud.sh stop
+	DEVCLOUD_SHAPE=$(DEVCLOUD_SHAPE) tools/devcloud/devcloud.sh stop
 
 demo: devcloud
 	$(PY) tools/demo.py
@@ -35,6 +39,27 @@ unit: bootstrap
 
 functional: devcloud
 	$(PYTEST) -q tests/functional
+
+# The functional tier's representative subset on the production-shaped dev cloud
+# (tools/devcloud/production.sh: cinder-api/-scheduler/-volume over RabbitMQ on
+# MariaDB, member-only user, per-type quotas): the production-shape findings, a
+# 9-member set, quota refusals and a quota exhausted mid-window, a revert that
+# deletes real snapshots, odd names, a group snapshot and a revert after it.
+PROD_CLOUDS := CGSNAP_TEST_CLOUDS_YAML=$(CURDIR)/.devcloud-production/clouds.yaml \
+	CGSNAP_TEST_CLOUD=devcloud-prod CGSNAP_TEST_ADMIN_CLOUD=devcloud-prod-admin
+FN := tests/functional
+FUNCTIONAL_PRODUCTION := $(FN)/test_production_shape.py \
+	$(FN)/test_create_cinder.py::test_volume_root_and_8_data_volumes_make_one_9_member_set \
+	$(FN)/test_create_cinder.py::test_quota_exhausted_partway_through \
+	$(FN)/test_create_cinder.py::test_quota_answer_is_reused_but_a_refusal_asks_cinder_again \
+	$(FN)/test_create_cinder.py::test_failure_after_the_creates_deletes_real_snapshots \
+	$(FN)/test_bad_input.py::test_odd_names $(FN)/test_bad_input.py::test_quota_already_exhausted \
+	$(FN)/test_group_snapshot.py::test_tenant_set_on_a_trusted_consistent_group_uses_one_group_snapshot \
+	"$(FN)/test_group_snapshot.py::test_failure_after_the_group_snapshot_leaves_nothing[volume.tag_snapshot]"
+
+functional-production: bootstrap
+	@$(MAKE) --no-print-directory devcloud DEVCLOUD_SHAPE=production
+	$(PROD_CLOUDS) $(PYTEST) -q $(FUNCTIONAL_PRODUCTION)
 
 testguest: bootstrap
 	tools/testguest/testguest.sh build

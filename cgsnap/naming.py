@@ -139,8 +139,27 @@ def member_metadata(set_id, instance_id, role, device, schema_version, set_name=
         META_SCHEMA_VERSION: str(schema_version),
     }
     if set_name:
-        meta[META_SET_NAME] = set_name[:MAX_NAME_LEN]
+        meta[META_SET_NAME] = utf8mb3_safe(set_name)
     return meta
+
+
+def utf8mb3_safe(text, limit=MAX_NAME_LEN):
+    """``text`` as a Cinder or Glance field can hold it on MySQL/MariaDB.
+
+    Their tables are utf8mb3 (what their own db sync creates), which refuses
+    4-byte UTF-8, so a create with an emoji in its metadata gets HTTP 500.
+    Each character outside the Basic Multilingual Plane is written as its
+    Python escape (``\\U0001f600``); the result is cut to ``limit`` characters,
+    never inside an escape.  The manifest keeps the full name.
+    """
+    out, n = [], 0
+    for ch in text:
+        piece = ch if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+        if n + len(piece) > limit:
+            break
+        out.append(piece)
+        n += len(piece)
+    return "".join(out)
 
 
 def new_set_id(instance_id=None, idempotency_key=None):

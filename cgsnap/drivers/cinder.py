@@ -81,6 +81,7 @@ def _volume_dict(v):
         "id": v.id, "name": v.name, "status": v.status, "size_gb": v.size,
         "attached_to": [a.get("server_id") for a in (v.attachments or [])],
         "group_id": v._info.get("group_id"),
+        "volume_type": v._info.get("volume_type"),
     }
 
 
@@ -92,6 +93,30 @@ def _delete(what, manager, resource_id):
         return
     except (cinder_exc.ClientException, ks_exc.ClientException) as e:
         raise _translate(e, what) from None
+
+
+_QUOTA_KINDS = ("snapshots", "gigabytes")
+
+
+def _quota_view(detail):
+    """:meth:`CinderBackend.get_limits` from ``GET /os-quota-sets/{project}?usage=True``:
+    ``{kind}_max``/``{kind}_used`` project-wide, and ``types``: the same per
+    volume type (keys ``snapshots_<type>``, ``gigabytes_<type>``).  Reserved
+    counts as used."""
+    def pair(entry):
+        if not isinstance(entry, dict):
+            return -1, 0
+        return entry.get("limit", -1), entry.get("in_use", 0) + entry.get("reserved", 0)
+
+    view, types = {}, {}
+    for kind in _QUOTA_KINDS:
+        view[f"{kind}_max"], view[f"{kind}_used"] = pair(detail.get(kind))
+        for key, entry in detail.items():
+            if key.startswith(kind + "_"):
+                t = types.setdefault(key[len(kind) + 1:], {})
+                t[f"{kind}_max"], t[f"{kind}_used"] = pair(entry)
+    view["types"] = types
+    return view
 
 
 def _snapshot_dict(s):
@@ -123,6 +148,8 @@ class CinderBackend(base.VolumeBackend):
             session=session, api_version=api_versions.APIVersion(api_version),
             region_name=region_name, interface=interface or "public")
         self._volume_filters = None  # see filters_volumes_by_id()
+        self._quota_detail = True    # see get_limits(): False once Cinder refused it
+        self._types = {}             # volume id -> volume type name, see volume_types()
         faults.on_unreachable(self._break_endpoint)
 
     def _break_endpoint(self):
@@ -187,7 +214,16 @@ class CinderBackend(base.VolumeBackend):
                               search_opts={"group_id": gid})
                 out.update((v.id, _volume_dict(v)) for v in found
                            if v.id in wanted and v._info.get("group_id") == gid)
+        self._types.update((vid, v["volume_type"]) for vid, v in out.items())
         return out
+
+    def volume_types(self, volume_ids):
+        """``{id: volume type name}``: from this backend's last answer about
+        each volume (the pre-check's get_volumes), asking Cinder only for the rest."""
+        missing = [v for v in volume_ids if v not in self._types]
+        if missing:
+            self.get_volumes(missing)
+        return {v: self._types.get(v) for v in volume_ids}
 
     def filters_volumes_by_id(self):
         """Whether this Cinder lets this user list volumes filtered by ``id``
@@ -204,7 +240,20 @@ class CinderBackend(base.VolumeBackend):
         return "id" in self._volume_filters
 
     def get_limits(self):
+        """Project-wide limits, and per volume type (``types``) from the
+        quota-set detail where this user may read it (Cinder's default policy
+        lets a project reader read its own); else the limits call, which has
+        no per-type figures."""
         faults.point("volume.get_limits")
+        if self._quota_detail:
+            try:
+                return _quota_view(self.client.quotas.get(self.client.client.get_project_id(),
+                                                          usage=True)._info)
+            except (cinder_exc.Forbidden, cinder_exc.NotFound) as e:
+                LOG.info("quota-set detail not readable (%s): no per-type quota check", e)
+                self._quota_detail = False
+            except (cinder_exc.ClientException, ks_exc.ClientException) as e:
+                raise _translate(e, "Cinder quota-set detail") from None
         limits = _call("Cinder limits", self.client.limits.get)
         absolute = {a.name: a.value for a in limits.absolute}
         return {

@@ -155,8 +155,9 @@ class ChooseVolumeCut(CgsnapTask):
 
 
 class CheckQuota(CgsnapTask):
-    """Enough snapshot and gigabyte quota for every member, checked up front
-    (see :mod:`cgsnap.quota`: advisory, and a cached answer may only accept)."""
+    """Enough snapshot and gigabyte quota for every member, project-wide and
+    per volume type, checked up front (see :mod:`cgsnap.quota`: advisory, and
+    a cached answer may only accept)."""
 
     def execute(self, manifest, volume_sizes):
         self.fault_point()
@@ -164,8 +165,19 @@ class CheckQuota(CgsnapTask):
         if not count:
             return
         gigabytes = sum(volume_sizes.values())
-        answer = quota.check(self.drivers.volumes, count, gigabytes,
-                             CONF.snapshot.quota_cache_seconds)
+        vols = self.drivers.volumes
+
+        def by_type():  # asked only where a per-type limit is in force
+            need = {}
+            for vid, vtype in vols.volume_types(list(volume_sizes)).items():
+                if vtype is not None:
+                    n = need.setdefault(vtype, {"snapshots": 0, "gigabytes": 0})
+                    n["snapshots"] += 1
+                    n["gigabytes"] += volume_sizes[vid]
+            return need
+
+        answer = quota.check(vols, count, gigabytes, CONF.snapshot.quota_cache_seconds,
+                             by_type=by_type)
         LOG.debug("quota: %d snapshots, %d GB fit (%s answer)", count, gigabytes, answer)
 
 

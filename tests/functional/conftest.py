@@ -20,6 +20,10 @@ from .. import lab as testlab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLOUDS = os.environ.get("CGSNAP_TEST_CLOUDS_YAML", os.path.join(ROOT, ".devcloud", "clouds.yaml"))
+# The cloud entries of that file: a member user's and the test lab's admin.
+# `make functional-production` points them at the production shape.
+CLOUD = os.environ.get("CGSNAP_TEST_CLOUD", "devcloud")
+ADMIN_CLOUD = os.environ.get("CGSNAP_TEST_ADMIN_CLOUD", "devcloud-admin")
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +32,7 @@ def lab():
         pytest.fail(f"dev cloud not set up ({CLOUDS} missing): run `make functional`",
                     pytrace=False)
     try:
-        lab = testlab.CinderLab(CLOUDS)
+        lab = testlab.CinderLab(CLOUDS, cloud=CLOUD, admin_cloud=ADMIN_CLOUD)
         lab.user.limits.get()
     except Exception as e:  # noqa: BLE001 - report any reason the cloud is unusable
         pytest.fail(f"dev cloud not reachable: {e} (run `tools/devcloud/devcloud.sh start`)",
@@ -55,7 +59,7 @@ class Instance:
         self.conf.write_text(
             f"[DEFAULT]\nstate_dir = {tmp_path}/state\n"
             f"[libvirt]\nuri = {self.uri}\nfreeze_timeout = 30\n"
-            f"[openstack]\ncloud = devcloud\nclouds_yaml = {CLOUDS}\n")
+            f"[openstack]\ncloud = {CLOUD}\nclouds_yaml = {CLOUDS}\n")
 
     def cgsnap(self, *argv):
         """Run the CLI; return (exit code, stdout, stderr)."""

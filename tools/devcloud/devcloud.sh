@@ -2,7 +2,8 @@
 # Local "dev cloud" for cgsnap: Keystone + Cinder (fake backend) + Glance,
 # all on 127.0.0.1, SQLite, no systemd.  See tools/devcloud/README.md.
 #
-# usage: tools/devcloud/devcloud.sh install|start|stop|restart|status|env|verify|reset|freeze
+# usage: tools/devcloud/devcloud.sh [--shape default|production] install|start|stop|restart|status|env|verify|reset|freeze
+# (or DEVCLOUD_SHAPE=production: the production shape, tools/devcloud/production.sh)
 set -euo pipefail
 
 TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -350,6 +351,18 @@ freeze() {
           "$VENVS/$svc/bin/pip" freeze 2>/dev/null | grep -v -e '^-e' -e '@ file'; } >"$TOOLS/constraints-$svc.txt"
     done
 }
+
+# Sourced by production.sh (the production shape) for its helpers: run only
+# when executed.  DEVCLOUD_SHAPE=production (or `--shape production` first)
+# hands over to production.sh; the default shape is what runs below.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+SHAPE="${DEVCLOUD_SHAPE:-default}"
+if [[ "${1:-}" == --shape ]]; then SHAPE="${2:-}"; shift 2 || true; fi
+case "$SHAPE" in
+    default|"") ;;
+    production) exec "$TOOLS/production.sh" "$@" ;;
+    *) die "unknown DEVCLOUD_SHAPE '$SHAPE' (default|production)" ;;
+esac
 
 case "${1:-}" in
     install) install ;;
