@@ -1,0 +1,217 @@
+"""cgsnap.concurrency: the adaptive create-concurrency controller, on a fake
+clock and simulated servers; the gate with real threads; the HTTP pool size."""
+
+import heapq
+import http.server
+import logging
+import threading
+import time
+
+import pytest
+
+from cgsnap import concurrency
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def simulate(ctl, calls, server):
+    """Drive ``ctl`` through ``calls`` calls on a simulated server (fake clock).
+
+    ``server``: "parallel" (every call takes 0.1 s, however many run) or
+    "shared" (one CPU shared by the calls in flight, 0.1 s of work each:
+    processor sharing, like an eventlet cinder-api with one worker).
+    Returns (total time, [limit at each launch]).
+    """
+    clock = ctl.clock
+    active = {}   # id -> [remaining work, started, peak in flight]
+    done_at = []  # parallel: heap of (end, id)
+    launched, finished, limits, next_id = 0, 0, [], 0
+
+    def launch():
+        nonlocal launched, next_id
+        while launched < calls and len(active) < ctl.limit:
+            limits.append(ctl.limit)
+            active[next_id] = [0.1, clock.now, 0]
+            if server == "parallel":
+                heapq.heappush(done_at, (clock.now + 0.1, next_id))
+            next_id += 1
+            launched += 1
+            for a in active.values():
+                a[2] = max(a[2], len(active))
+
+    launch()
+    while finished < calls:
+        if server == "parallel":
+            end, cid = heapq.heappop(done_at)
+        else:
+            n = len(active)
+            cid = min(active, key=lambda k: active[k][0])
+            end = clock.now + active[cid][0] * n
+            for a in active.values():
+                a[0] -= active[cid][0] if a is not active[cid] else 0
+            active[cid][0] = 0
+        clock.now = end
+        _, started, peak = active.pop(cid)
+        finished += 1
+        ctl.observe(started, end - started, peak)
+        launch()
+    return clock.now, limits
+
+
+def test_parallel_server_grows_to_the_ceiling():
+    ctl = concurrency.Controller(64, start=4, clock=FakeClock())
+    total, limits = simulate(ctl, 16, "parallel")
+    assert limits[:4] == [4, 4, 4, 4]
+    assert total == pytest.approx(0.3)  # slow start: 4, then 8, then the last 4
+    simulate(ctl, 200, "parallel")
+    assert ctl.limit == 64
+
+
+def test_shared_server_settles_at_a_few():
+    ctl = concurrency.Controller(64, start=4, clock=FakeClock())
+    simulate(ctl, 300, "shared")
+    assert 2 <= ctl.limit <= 8
+    _, limits = simulate(ctl, 100, "shared")
+    assert max(limits) <= 8
+
+
+def test_decrease_once_per_round_trip():
+    clock = FakeClock()
+    ctl = concurrency.Controller(64, start=16, clock=clock)
+    ctl.observe(0.0, 0.1, 1)          # base 0.1 s
+    clock.now = 1.0
+    assert ctl.observe(0.5, 0.5, 16) == 8   # queued 12.8 -> halve
+    # Calls started before that decrease saw the old limit: no second halving.
+    assert ctl.observe(0.6, 0.5, 16) == 8
+    assert ctl.observe(1.1, 0.5, 16) == 4
+
+
+def test_hold_between_thresholds_and_growth_needs_a_used_limit():
+    clock = FakeClock()
+    ctl = concurrency.Controller(64, start=4, clock=clock)
+    ctl.observe(0.0, 0.1, 1)
+    assert ctl.limit == 5               # slow start: +1
+    assert ctl.observe(0.0, 0.15, 4) == 5   # queued 1.33: hold, slow start ends
+    assert ctl.slow_start is False
+    assert ctl.observe(0.0, 0.1, 1) == 5    # a call alone says nothing about 5
+    for _ in range(4):
+        ctl.observe(0.0, 0.1, 5)
+    assert ctl.limit == 5
+    for _ in range(2):
+        ctl.observe(0.0, 0.1, 5)
+    assert ctl.limit == 6               # about +1 per limit's worth of calls
+
+
+def test_limit_stays_within_floor_and_ceiling():
+    clock = FakeClock()
+    ctl = concurrency.Controller(6, start=10, floor=2, clock=clock)
+    assert ctl.limit == 6
+    ctl.observe(0.0, 0.01, 1)
+    for i in range(10):
+        clock.now = i + 1.0
+        ctl.observe(clock.now, 10.0, 6)
+    assert ctl.limit == 2
+    ctl.set_ceiling(1)
+    assert ctl.limit == 1
+
+
+def test_for_endpoint_remembers_per_endpoint():
+    concurrency.forget()
+    try:
+        a = concurrency.for_endpoint("http://a/v3", 64, start=3)
+        assert concurrency.for_endpoint("http://a/v3", 64) is a
+        b = concurrency.for_endpoint("http://b/v3", 64, start=3)
+        assert b is not a
+        a.observe(0.0, 0.1, 3)
+        assert a.limit == 4 and b.limit == 3
+        assert concurrency.for_endpoint("http://a/v3", 2).limit == 2
+    finally:
+        concurrency.forget()
+
+
+def test_gate_bounds_calls_in_flight_and_feeds_the_controller():
+    ctl = concurrency.Controller(64, start=3, grow_below=0, shrink_above=1e9)
+    gate = concurrency.Gate(ctl)
+    threads = [threading.Thread(target=gate.call, args=(time.sleep, 0.05)) for _ in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gate.max_in_flight == 3
+    assert ctl.samples == 9
+    assert gate.limits() == [3] * 9
+
+
+def test_gate_does_not_start_a_call_after_its_deadline():
+    ctl = concurrency.Controller(1, start=1)
+    gate = concurrency.Gate(ctl)
+    called = []
+    hold = threading.Thread(target=gate.call, args=(time.sleep, 0.3))
+    hold.start()
+    time.sleep(0.05)
+    with pytest.raises(concurrency.NotStarted):
+        gate.call(called.append, 1, deadline=time.monotonic() + 0.05)
+    hold.join()
+    with pytest.raises(concurrency.NotStarted):
+        gate.call(called.append, 2, deadline=time.monotonic() - 1)
+    assert called == []
+    assert gate.in_flight == 0
+
+
+def test_failed_call_is_not_a_latency_sample():
+    ctl = concurrency.Controller(8, start=2)
+    gate = concurrency.Gate(ctl)
+    with pytest.raises(ZeroDivisionError):
+        gate.call(lambda: 1 / 0)
+    assert ctl.samples == 0 and gate.in_flight == 0
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        time.sleep(0.05)
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_connection_pool_sized_to_the_creates(caplog):
+    """16 parallel requests on a keystoneauth session sized for 16 keep
+    every connection (requests' default pool of 10 logs 'Connection pool is
+    full, discarding connection')."""
+    from keystoneauth1 import session as ks_session
+
+    from cgsnap.drivers import cinder
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        sess = ks_session.Session()
+        cinder.size_connection_pool(sess, 16)
+        assert sess.session.get_adapter(url)._pool_maxsize == 16
+        assert isinstance(sess.session.get_adapter(url), ks_session.TCPKeepAliveAdapter)
+        caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+        threads = [threading.Thread(target=sess.get, args=(url,), kwargs={"authenticated": False})
+                   for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+    finally:
+        server.shutdown()
+        server.server_close()
