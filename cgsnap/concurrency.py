@@ -12,10 +12,11 @@ multiplicative-decrease limit (TCP Vegas's estimate).  Each finished call
 reports its latency ``rtt`` and the most calls that were in flight while it
 ran, ``c``.  With ``base`` the lowest latency seen on the endpoint,
 
-    queued = c * (1 - base / rtt)
+    queued = c * (1 - base * (1 + tolerance) / rtt)
 
 estimates how many of those ``c`` calls were waiting in the server rather
-than being served.  While ``queued < grow_below`` the server is keeping up
+than being served (``tolerance`` keeps jitter of a few per cent at a large
+``c`` from reading as queueing).  While ``queued < grow_below`` the server is keeping up
 and the limit grows (by 1 per call in the slow start of a cold controller,
 by 1 per limit's worth of calls after it); once ``queued > shrink_above``
 the limit is multiplied by ``decrease`` (at most once per round trip: only
@@ -44,7 +45,7 @@ class Controller:
     """The concurrency limit for one endpoint (see the module docstring)."""
 
     def __init__(self, ceiling, start=COLD_START, floor=1, grow_below=1.0,
-                 shrink_above=2.0, decrease=0.5, clock=time.monotonic):
+                 shrink_above=2.0, decrease=0.5, tolerance=0.1, clock=time.monotonic):
         if ceiling < 1 or floor < 1:
             raise ValueError("ceiling and floor must be >= 1")
         self.ceiling = ceiling
@@ -52,6 +53,7 @@ class Controller:
         self.grow_below = grow_below
         self.shrink_above = shrink_above
         self.decrease = decrease
+        self.tolerance = tolerance
         self.clock = clock
         self._limit = float(self._clamp(start))
         self.base = None            # lowest latency seen (s)
@@ -83,7 +85,7 @@ class Controller:
             latency = max(latency, 1e-6)
             if self.base is None or latency < self.base:
                 self.base = latency
-            queued = in_flight * (1.0 - self.base / latency)
+            queued = in_flight * max(0.0, 1.0 - self.base * (1.0 + self.tolerance) / latency)
             if queued > self.shrink_above:
                 if self._last_decrease is None or started >= self._last_decrease:
                     self._limit = self._clamp(self._limit * self.decrease)

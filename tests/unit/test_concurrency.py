@@ -81,6 +81,16 @@ def test_shared_server_settles_at_a_few():
     assert max(limits) <= 8
 
 
+def test_jitter_of_a_few_per_cent_is_not_queueing_at_a_large_limit():
+    clock = FakeClock()
+    ctl = concurrency.Controller(64, start=64, clock=clock)
+    ctl.observe(0.0, 0.100, 64)
+    for i in range(50):
+        clock.now = i + 1.0
+        ctl.observe(clock.now, 0.100 + 0.008 * (i % 2), 64)  # +8 %: Vegas alone reads 5 queued
+    assert ctl.limit == 64
+
+
 def test_decrease_once_per_round_trip():
     clock = FakeClock()
     ctl = concurrency.Controller(64, start=16, clock=clock)
@@ -215,3 +225,60 @@ def test_connection_pool_sized_to_the_creates(caplog):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- the per-volume cut (SnapshotVolumes) on the fake backend -------------------------------
+
+@pytest.fixture
+def cold_controller():
+    from cgsnap.conf import CONF
+    concurrency.forget()
+    yield CONF
+    concurrency.forget()
+    CONF.clear_override("adaptive_creates_start", group="snapshot")
+    CONF.clear_override("adaptive_creates", group="snapshot")
+
+
+def test_per_volume_cut_starts_cold_and_reports_its_concurrency(make_guest, cold_controller,
+                                                                 caplog):
+    from cgsnap import api
+    from cgsnap.tasks import volume as volume_tasks
+
+    cold_controller.set_override("adaptive_creates_start", 2, group="snapshot")
+    g = make_guest(n_volumes=8, create_cost=0.05)
+    caplog.set_level(logging.INFO, logger="cgsnap.tasks.volume")
+    doc = api.create_snapshot_set(g.name)
+    assert doc["status"] == "available"
+    seen = dict(volume_tasks.last_cut_concurrency)
+    assert len(seen["limits"]) == 9 and seen["limits"][0] == 2   # root + 8, cold start 2
+    assert 2 <= seen["max_in_flight"] < 9                     # grew, but not all at once
+    assert any("per-volume cut: 9 creates" in r.getMessage() for r in caplog.records)
+    # The next run in this process starts where this one left off.
+    api.create_snapshot_set(g.name)
+    assert volume_tasks.last_cut_concurrency["limits"][0] == seen["limit_after"]
+
+
+def test_fixed_concurrency_sends_every_create_at_once(make_guest, cold_controller):
+    from cgsnap import api
+    from cgsnap.tasks import volume as volume_tasks
+
+    cold_controller.set_override("adaptive_creates", False, group="snapshot")
+    g = make_guest(n_volumes=5, create_cost=0.05)
+    api.create_snapshot_set(g.name)
+    assert volume_tasks.last_cut_concurrency["max_in_flight"] == 6
+
+
+def test_creates_queued_past_the_freeze_deadline_are_never_made(make_guest, cold_controller):
+    """A create waiting for a slot when the freeze deadline passes is not
+    sent (the guard may have thawed): the cut fails naming it, and every
+    snapshot that was made is deleted."""
+    from cgsnap import api, exception
+
+    cold_controller.set_override("adaptive_creates_start", 1, group="snapshot")
+    g = make_guest(n_volumes=5, create_cost=0.4)
+    with pytest.raises(exception.WindowTimeout, match="did not finish inside the freeze"):
+        api.create_snapshot_set(g.name, timeout=0.6)
+    time.sleep(0.5)  # a create already sent finishes; nothing new may start
+    assert g.backend.calls["create"] <= 3  # 1, then 2 (slow start); not all 6
+    assert g.frozen_count() == 0
+    assert [s for s in g.backend.snapshots.values() if s["status"] != "deleting"] == []
