@@ -94,7 +94,7 @@ class Controller:
             elif queued < self.grow_below:
                 # Grow only when the limit was in use: a call made alone says
                 # nothing about a limit of 8.
-                if in_flight >= self.limit - 1 or self.slow_start:
+                if in_flight >= self.limit - 1:
                     step = 1.0 if self.slow_start else 1.0 / max(self._limit, 1.0)
                     self._limit = self._clamp(self._limit + step)
             else:

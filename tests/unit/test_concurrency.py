@@ -106,6 +106,8 @@ def test_hold_between_thresholds_and_growth_needs_a_used_limit():
     clock = FakeClock()
     ctl = concurrency.Controller(64, start=4, clock=clock)
     ctl.observe(0.0, 0.1, 1)
+    assert ctl.limit == 4               # a call alone says nothing about 4
+    ctl.observe(0.0, 0.1, 4)
     assert ctl.limit == 5               # slow start: +1
     assert ctl.observe(0.0, 0.15, 4) == 5   # queued 1.33: hold, slow start ends
     assert ctl.slow_start is False
