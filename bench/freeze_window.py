@@ -327,7 +327,8 @@ def summarize(strategy, backend, n, latency, recs):
            "api_calls_window": common.median([r["api_calls_window"] for r in recs]),
            "total_s": common.median([r["total"] for r in recs]), "reps": len(recs),
            "window_min_s": min(r["window"] for r in recs),
-           "window_max_s": max(r["window"] for r in recs)}
+           "window_max_s": max(r["window"] for r in recs),
+           "windows": [r["window"] for r in recs]}
     if strategy.startswith("cgsnap"):
         row["manifest_window_s"] = common.median([r["manifest_window_s"] for r in recs])
         row["backend_consistency"] = sorted({str(r["backend_consistency"]) for r in recs})
@@ -440,6 +441,8 @@ def main(argv=None):
              for r in recs[s] for c in r["create_calls"]])
         for s in strategies:
             rows.append(summarize(s, args.backend, n, latency, recs[s]))
+            if args.backend == "cinder":
+                rows[-1]["shape"] = args.shape
         allrecs = [r for s in strategies for r in recs[s]]
         fcall = common.median([r["freeze_call"] for r in allrecs])
         tcall = common.median([r["thaw_call"] for r in allrecs])
