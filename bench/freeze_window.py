@@ -256,6 +256,12 @@ def run_cgsnap_fixed(ctx, set_id):
 
 def run_cgsnap_per_volume(ctx, set_id):
     from cgsnap.conf import CONF
+    if ctx.child is not None:
+        child, ctx.child = ctx.child, dict(ctx.child, per_volume=True)
+        try:
+            return run_cgsnap_child(ctx, set_id)
+        finally:
+            ctx.child = child
     CONF.set_override("group_snapshots", "never", group="snapshot")
     try:
         return run_cgsnap(ctx, set_id)

@@ -10,7 +10,9 @@ is learned from what the endpoint shows: the latency of the create call.
 :class:`Controller` is a delay-based additive-increase /
 multiplicative-decrease limit (TCP Vegas's estimate).  Each finished call
 reports its latency ``rtt`` and the most calls that were in flight while it
-ran, ``c``.  With ``base`` the lowest latency seen on the endpoint,
+ran, ``c``.  With ``base`` the lowest latency seen on the endpoint (never aged: on a
+saturated server every recent call is slow, and a recent minimum would let
+the limit creep up for ever),
 
     queued = c * (1 - base * (1 + tolerance) / rtt)
 
@@ -35,6 +37,7 @@ import threading
 import time
 
 COLD_START = 4
+FLOOR = 2  # one create at a time leaves the API idle between requests
 
 
 class NotStarted(Exception):
@@ -44,7 +47,7 @@ class NotStarted(Exception):
 class Controller:
     """The concurrency limit for one endpoint (see the module docstring)."""
 
-    def __init__(self, ceiling, start=COLD_START, floor=1, grow_below=1.0,
+    def __init__(self, ceiling, start=COLD_START, floor=FLOOR, grow_below=1.0,
                  shrink_above=2.0, decrease=0.5, tolerance=0.1, clock=time.monotonic):
         if ceiling < 1 or floor < 1:
             raise ValueError("ceiling and floor must be >= 1")
