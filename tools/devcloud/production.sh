@@ -85,8 +85,9 @@ ensure_rabbitmq() {
     rabbitmqctl -q list_vhosts | grep -x "$RABBIT_VHOST" >/dev/null || rabbitmqctl -q add_vhost "$RABBIT_VHOST"
     if ! rabbitmqctl -q list_users | awk '{print $1}' | grep -x "$RABBIT_USER" >/dev/null; then
         rabbitmqctl -q add_user "$RABBIT_USER" "$RABBIT_PASS" >/dev/null
-        rabbitmqctl -q set_permissions -p "$RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*'
     fi
+    # always: a vhost deleted and made again has lost its permissions
+    rabbitmqctl -q set_permissions -p "$RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*'
 }
 
 # ---------------------------------------------------------------- install
@@ -301,7 +302,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     restart) stop; start ;;
-    status) status ;;
+    status) status || exit 1 ;;  # (no ERR-trap message for "down")
     env) env_cmd ;;
     reset) reset ;;
     *) echo "usage: DEVCLOUD_SHAPE=production $0 install|start|stop|restart|status|env|reset" >&2; exit 2 ;;
