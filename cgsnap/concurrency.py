@@ -10,19 +10,23 @@ is learned from what the endpoint shows: the latency of the create call.
 :class:`Controller` is a delay-based additive-increase /
 multiplicative-decrease limit (TCP Vegas's estimate).  Each finished call
 reports its latency ``rtt`` and the most calls that were in flight while it
-ran, ``c``.  With ``base`` the lowest latency seen on the endpoint (never aged: on a
-saturated server every recent call is slow, and a recent minimum would let
-the limit creep up for ever),
+ran, ``c``.  With ``base`` the lowest latency seen on the endpoint, or, once there are
+any, the lowest of the last 16 calls made at the floor (an idle-time base
+would pin a busy endpoint to the floor; calls at the floor are comparable,
+and a base from them cannot creep up with the limit),
 
     queued = c * (1 - base * (1 + tolerance) / rtt)
 
 estimates how many of those ``c`` calls were waiting in the server rather
 than being served (``tolerance`` keeps jitter of a few per cent at a large
-``c`` from reading as queueing).  While ``queued < grow_below`` the server is keeping up
+``c`` from reading as queueing).  While ``queued < grow_below``, or the
+latency is within ``grow_rise`` (1.2x) of ``base``, the server is keeping up
 and the limit grows (by 1 per call in the slow start of a cold controller,
 by 1 per limit's worth of calls after it); once ``queued > shrink_above``
-the limit is multiplied by ``decrease`` (at most once per round trip: only
-calls started after the last decrease count against it).  In between it
+and the latency is over ``shrink_rise`` (1.5x) ``base`` (a count alone
+would read 10 % of thread jitter at 64 in flight as 6 queued), the limit
+is multiplied by ``decrease`` (at most once per round trip: only calls
+started after the last decrease count against it).  In between it
 holds.  The limit stays within ``[floor, ceiling]``.
 
 :class:`Gate` bounds the calls in flight by a controller's limit and feeds
@@ -33,6 +37,7 @@ cold at ``start``).
 Pure: no I/O; the clock is injectable (tests use a fake one).
 """
 
+import collections
 import threading
 import time
 
@@ -48,7 +53,8 @@ class Controller:
     """The concurrency limit for one endpoint (see the module docstring)."""
 
     def __init__(self, ceiling, start=COLD_START, floor=FLOOR, grow_below=1.0,
-                 shrink_above=2.0, decrease=0.5, tolerance=0.1, clock=time.monotonic):
+                 shrink_above=2.0, decrease=0.5, tolerance=0.1, shrink_rise=1.5,
+                 grow_rise=1.2, clock=time.monotonic):
         if ceiling < 1 or floor < 1:
             raise ValueError("ceiling and floor must be >= 1")
         self.ceiling = ceiling
@@ -57,9 +63,13 @@ class Controller:
         self.shrink_above = shrink_above
         self.decrease = decrease
         self.tolerance = tolerance
+        self.shrink_rise = shrink_rise
+        self.grow_rise = grow_rise
         self.clock = clock
         self._limit = float(self._clamp(start))
-        self.base = None            # lowest latency seen (s)
+        self.base = None            # see the module docstring (s)
+        self._lowest = None         # lowest latency seen (s)
+        self._at_floor = collections.deque(maxlen=16)  # latencies of calls at the floor
         self.slow_start = True      # grow by 1 per call until the first sign of queueing
         self._last_decrease = None  # clock value of the last decrease
         self.samples = 0
@@ -86,15 +96,19 @@ class Controller:
         with self._lock:
             self.samples += 1
             latency = max(latency, 1e-6)
-            if self.base is None or latency < self.base:
-                self.base = latency
+            if self._lowest is None or latency < self._lowest:
+                self._lowest = latency
+            if in_flight <= self.floor and self.limit <= self.floor:
+                self._at_floor.append(latency)
+            self.base = min(self._at_floor) if self._at_floor else self._lowest
             queued = in_flight * max(0.0, 1.0 - self.base * (1.0 + self.tolerance) / latency)
-            if queued > self.shrink_above:
+            rise = latency / self.base
+            if queued > self.shrink_above and rise > self.shrink_rise:
                 if self._last_decrease is None or started >= self._last_decrease:
                     self._limit = self._clamp(self._limit * self.decrease)
                     self._last_decrease = self.clock()
                 self.slow_start = False
-            elif queued < self.grow_below:
+            elif queued < self.grow_below or rise < self.grow_rise:
                 # Grow only when the limit was in use: a call made alone says
                 # nothing about a limit of 8.
                 if in_flight >= self.limit - 1:

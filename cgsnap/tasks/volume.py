@@ -40,7 +40,7 @@ def create_gate(vols):
     conf = CONF.snapshot
     if not conf.adaptive_creates:
         ctl = concurrency.Controller(conf.max_parallel_creates,
-                                     start=conf.max_parallel_creates, grow_below=0,
+                                     start=conf.max_parallel_creates, grow_below=0, grow_rise=0,
                                      shrink_above=float("inf"))
     else:
         key = getattr(vols, "endpoint_key", None)

@@ -89,6 +89,24 @@ def test_jitter_of_a_few_per_cent_is_not_queueing_at_a_large_limit():
         clock.now = i + 1.0
         ctl.observe(clock.now, 0.100 + 0.008 * (i % 2), 64)  # +8 %: Vegas alone reads 5 queued
     assert ctl.limit == 64
+    # ... nor is 30 % at 64 in flight (thread wake-ups in a busy client): it holds.
+    ctl.observe(100.0, 0.130, 64)
+    assert ctl.limit == 64
+
+
+def test_a_base_from_idle_times_does_not_pin_a_busy_endpoint_to_the_floor():
+    clock = FakeClock()
+    ctl = concurrency.Controller(64, start=2, clock=clock)
+    ctl.observe(0.0, 0.05, 1)            # idle: 50 ms alone
+    clock.now = 1.0
+    ctl.observe(1.0, 0.50, 3)            # busy: halved back to the floor
+    for _ in range(4):
+        ctl.observe(2.0, 0.20, 2)        # 200 ms at 2: 4x the idle base, stays at 2
+    assert ctl.limit == 2
+    for _ in range(16):
+        ctl.observe(2.0, 0.20, 2)        # the base is now the busy floor's 200 ms ...
+    assert ctl.base == pytest.approx(0.20)
+    assert ctl.limit > 2                 # ... and against it there is no queueing: grows
 
 
 def test_decrease_once_per_round_trip():
@@ -152,7 +170,7 @@ def test_for_endpoint_remembers_per_endpoint():
 
 
 def test_gate_bounds_calls_in_flight_and_feeds_the_controller():
-    ctl = concurrency.Controller(64, start=3, grow_below=0, shrink_above=1e9)
+    ctl = concurrency.Controller(64, start=3, grow_below=0, grow_rise=0, shrink_above=1e9)
     gate = concurrency.Gate(ctl)
     threads = [threading.Thread(target=gate.call, args=(time.sleep, 0.05)) for _ in range(9)]
     for t in threads:
