@@ -19,15 +19,18 @@ and a base from them cannot creep up with the limit),
 
 estimates how many of those ``c`` calls were waiting in the server rather
 than being served (``tolerance`` keeps jitter of a few per cent at a large
-``c`` from reading as queueing).  While ``queued < grow_below``, or the
-latency is within ``grow_rise`` (1.2x) of ``base``, the server is keeping up
-and the limit grows (by 1 per call in the slow start of a cold controller,
-by 1 per limit's worth of calls after it); once ``queued > shrink_above``
-and the latency is over ``shrink_rise`` (1.5x) ``base`` (a count alone
-would read 10 % of thread jitter at 64 in flight as 6 queued), the limit
-is multiplied by ``decrease`` (at most once per round trip: only calls
-started after the last decrease count against it).  In between it
-holds.  The limit stays within ``[floor, ceiling]``.
+``c`` from reading as queueing).
+
+* grow: while ``queued < grow_below``, or the latency is within
+  ``grow_rise`` (1.2x) of ``base``; by 1 per call in the slow start of a
+  cold controller or while the latency stays flat, else by 1 per limit's
+  worth of calls; only on calls that used the limit;
+* shrink: once ``queued > shrink_above`` and the latency is over
+  ``shrink_rise`` (1.5x) ``base`` (a count alone would read 10 % of thread
+  jitter at 64 in flight as 6 queued): the limit is multiplied by
+  ``decrease``, at most once per round trip (only calls started after the
+  last decrease count against it); this ends the slow start;
+* otherwise hold.  The limit stays within ``[floor, ceiling]``.
 
 :class:`Gate` bounds the calls in flight by a controller's limit and feeds
 it the latencies; :func:`for_endpoint` keeps one controller per endpoint for
@@ -108,14 +111,14 @@ class Controller:
                     self._limit = self._clamp(self._limit * self.decrease)
                     self._last_decrease = self.clock()
                 self.slow_start = False
-            elif queued < self.grow_below or rise < self.grow_rise:
-                # Grow only when the limit was in use: a call made alone says
-                # nothing about a limit of 8.
-                if in_flight >= self.limit - 1:
-                    step = 1.0 if self.slow_start else 1.0 / max(self._limit, 1.0)
-                    self._limit = self._clamp(self._limit + step)
-            else:
-                self.slow_start = False
+            elif (queued < self.grow_below or rise < self.grow_rise) \
+                    and in_flight >= self.limit - 1:
+                # Grow only when the limit was in use (a call made alone says
+                # nothing about a limit of 8): by 1 per call in slow start or
+                # while the latency stays flat, else by 1 per limit's worth.
+                flat = rise < self.grow_rise
+                step = 1.0 if self.slow_start or flat else 1.0 / max(self._limit, 1.0)
+                self._limit = self._clamp(self._limit + step)
             return self.limit
 
     def state(self):

@@ -127,15 +127,15 @@ def test_hold_between_thresholds_and_growth_needs_a_used_limit():
     assert ctl.limit == 4               # a call alone says nothing about 4
     ctl.observe(0.0, 0.1, 4)
     assert ctl.limit == 5               # slow start: +1
-    assert ctl.observe(0.0, 0.15, 4) == 5   # queued 1.33: hold, slow start ends
+    assert ctl.observe(0.0, 0.15, 4) == 5   # queued 1.33, 1.5x: hold
+    clock.now = 1.0
+    assert ctl.observe(0.5, 0.4, 8) == 2    # queued 5.25, 4x: halve; slow start ends
     assert ctl.slow_start is False
-    assert ctl.observe(0.0, 0.1, 1) == 5    # a call alone says nothing about 5
-    for _ in range(4):
-        ctl.observe(0.0, 0.1, 5)
-    assert ctl.limit == 5
-    for _ in range(2):
-        ctl.observe(0.0, 0.1, 5)
-    assert ctl.limit == 6               # about +1 per limit's worth of calls
+    # At the floor the base is re-learnt from calls at the floor: 120 ms.
+    assert ctl.observe(2.0, 0.12, 2) == 3   # flat at the floor: +1
+    assert ctl.observe(2.0, 0.1, 1) == 3    # a call alone says nothing about 3
+    assert ctl.observe(2.0, 0.17, 3) == 3   # 1.4x, queued 0.67: +1/3 only
+    assert ctl.observe(2.0, 0.125, 3) == 4  # flat: +1 per call
 
 
 def test_limit_stays_within_floor_and_ceiling():
