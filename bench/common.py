@@ -21,15 +21,15 @@ from cgsnap.drivers import fake
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the benchmarks share tests/lab.py (dev-cloud helpers)
     sys.path.insert(1, ROOT)
-CLOUDS = os.environ.get("CGSNAP_BENCH_CLOUDS_YAML", os.path.join(ROOT, ".devcloud", "clouds.yaml"))
+CLOUDS = (os.environ.get("CGSNAP_BENCH_CLOUDS_YAML")
+          or os.path.join(ROOT, ".devcloud", "clouds.yaml"))
 # The dev cloud's two shapes (tools/devcloud/README.md): clouds.yaml, the
 # tenant's cloud and the admin's.  CGSNAP_BENCH_CLOUDS_YAML /
 # CGSNAP_BENCH_PRODUCTION_CLOUDS_YAML point at a cloud started from another tree.
 SHAPES = {
     "default": {"clouds": CLOUDS, "cloud": "devcloud", "admin": "devcloud-admin"},
-    "production": {"clouds": os.environ.get(
-        "CGSNAP_BENCH_PRODUCTION_CLOUDS_YAML",
-        os.path.join(ROOT, ".devcloud-production", "clouds.yaml")),
+    "production": {"clouds": os.environ.get("CGSNAP_BENCH_PRODUCTION_CLOUDS_YAML")
+                   or os.path.join(ROOT, ".devcloud-production", "clouds.yaml"),
         "cloud": "devcloud-prod", "admin": "devcloud-prod-admin"},
 }
 CACHE_DIR = os.path.join(ROOT, ".state", "bench")

@@ -24,7 +24,7 @@ than being served (``tolerance`` keeps jitter of a few per cent at a large
 * grow: while ``queued < grow_below``, or the latency is within
   ``grow_rise`` (1.2x) of ``base``; by 1 per call in the slow start of a
   cold controller or while the latency stays flat, else by 1 per limit's
-  worth of calls; only on calls that used the limit;
+  worth of calls; only on calls that used at least half the limit;
 * shrink: once ``queued > shrink_above`` and the latency is over
   ``shrink_rise`` (1.5x) ``base`` (a count alone would read 10 % of thread
   jitter at 64 in flight as 6 queued): the limit is multiplied by
@@ -112,9 +112,10 @@ class Controller:
                     self._last_decrease = self.clock()
                 self.slow_start = False
             elif (queued < self.grow_below or rise < self.grow_rise) \
-                    and in_flight >= self.limit - 1:
-                # Grow only when the limit was in use (a call made alone says
-                # nothing about a limit of 8): by 1 per call in slow start or
+                    and 2 * in_flight >= self.limit:
+                # Grow only when the limit was at least half in use (a call
+                # made alone says nothing about a limit of 8; while the limit
+                # grows, calls lag behind it): by 1 per call in slow start or
                 # while the latency stays flat, else by 1 per limit's worth.
                 flat = rise < self.grow_rise
                 step = 1.0 if self.slow_start or flat else 1.0 / max(self._limit, 1.0)
