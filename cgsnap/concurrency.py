@@ -56,7 +56,7 @@ class Controller:
     """The concurrency limit for one endpoint (see the module docstring)."""
 
     def __init__(self, ceiling, start=COLD_START, floor=FLOOR, grow_below=1.0,
-                 shrink_above=2.0, decrease=0.5, tolerance=0.1, shrink_rise=1.5,
+                 shrink_above=2.0, decrease=0.7, tolerance=0.1, shrink_rise=1.5,
                  grow_rise=1.2, clock=time.monotonic):
         if ceiling < 1 or floor < 1:
             raise ValueError("ceiling and floor must be >= 1")

@@ -111,18 +111,23 @@ def test_a_base_from_idle_times_does_not_pin_a_busy_endpoint_to_the_floor():
 
 def test_decrease_once_per_round_trip():
     clock = FakeClock()
-    ctl = concurrency.Controller(64, start=16, clock=clock)
+    ctl = concurrency.Controller(64, start=16, decrease=0.5, clock=clock)
     ctl.observe(0.0, 0.1, 1)          # base 0.1 s
     clock.now = 1.0
     assert ctl.observe(0.5, 0.5, 16) == 8   # queued 12.8 -> halve
     # Calls started before that decrease saw the old limit: no second halving.
     assert ctl.observe(0.6, 0.5, 16) == 8
     assert ctl.observe(1.1, 0.5, 16) == 4
+    # The default decrease is gentler (0.7): 6 -> 4, not 3, at the small limits
+    # a CPU-bound API wants.
+    ctl = concurrency.Controller(64, start=6, clock=clock)
+    ctl.observe(0.0, 0.1, 1)
+    assert ctl.observe(2.0, 0.5, 6) == 4
 
 
 def test_hold_between_thresholds_and_growth_needs_a_used_limit():
     clock = FakeClock()
-    ctl = concurrency.Controller(64, start=4, clock=clock)
+    ctl = concurrency.Controller(64, start=4, decrease=0.5, clock=clock)
     ctl.observe(0.0, 0.1, 1)
     assert ctl.limit == 4               # a call alone says nothing about 4
     ctl.observe(0.0, 0.1, 4)
