@@ -396,6 +396,9 @@ def main(argv=None):
     p.add_argument("--max-parallel-creates", type=int, default=None,
                    help="override cgsnap's [snapshot]max_parallel_creates (default: product "
                         "default)")
+    p.add_argument("--fixed-creates", action="store_true",
+                   help="[snapshot] adaptive_creates = false for every cgsnap strategy "
+                        "(all creates at once, as before issue 11)")
     p.add_argument("--json", action="store_true", help="print the JSON document")
     p.add_argument("--out", help="also write the JSON document here")
     args = p.parse_args(argv)
@@ -408,7 +411,8 @@ def main(argv=None):
     fresh = args.fresh_process if args.fresh_process is not None else production
 
     tmp = tempfile.mkdtemp(prefix="cgsnap-bench-")
-    common.configure_cgsnap(os.path.join(tmp, "state"), args.max_parallel_creates)
+    common.configure_cgsnap(os.path.join(tmp, "state"), args.max_parallel_creates,
+                            adaptive=not args.fixed_creates)
     child = None
     if args.backend == "model":
         backend, hyp, insts = setup_model(args, sizes, tmp)
@@ -416,7 +420,8 @@ def main(argv=None):
         backend, hyp, insts, uri = setup_cinder(sizes, tmp, args.shape)
         if fresh:
             child = {"shape": args.shape, "uri": uri, "state_dir": os.path.join(tmp, "state"),
-                     "max_parallel_creates": args.max_parallel_creates}
+                     "max_parallel_creates": args.max_parallel_creates,
+                     "adaptive": not args.fixed_creates}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(sizes))
     raw_pools = {}
     db_log = None
@@ -482,6 +487,7 @@ def main(argv=None):
                       "latency": args.latency, "jitter": args.jitter,
                       "tail": args.tail, "max_concurrency": args.max_concurrency,
                       "reps": args.reps, "max_parallel_creates": args.max_parallel_creates,
+                      "adaptive_creates": not args.fixed_creates,
                       "fast_poll_s": FAST_POLL, "nova_poll_s": NOVA_POLL}}
     if common.emit(doc, args.out, args.json):
         print_table(results)
