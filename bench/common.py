@@ -21,7 +21,17 @@ from cgsnap.drivers import fake
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the benchmarks share tests/lab.py (dev-cloud helpers)
     sys.path.insert(1, ROOT)
-CLOUDS = os.path.join(ROOT, ".devcloud", "clouds.yaml")
+CLOUDS = (os.environ.get("CGSNAP_BENCH_CLOUDS_YAML")
+          or os.path.join(ROOT, ".devcloud", "clouds.yaml"))
+# The dev cloud's two shapes (tools/devcloud/README.md): clouds.yaml, the
+# tenant's cloud and the admin's.  CGSNAP_BENCH_CLOUDS_YAML /
+# CGSNAP_BENCH_PRODUCTION_CLOUDS_YAML point at a cloud started from another tree.
+SHAPES = {
+    "default": {"clouds": CLOUDS, "cloud": "devcloud", "admin": "devcloud-admin"},
+    "production": {"clouds": os.environ.get("CGSNAP_BENCH_PRODUCTION_CLOUDS_YAML")
+                   or os.path.join(ROOT, ".devcloud-production", "clouds.yaml"),
+        "cloud": "devcloud-prod", "admin": "devcloud-prod-admin"},
+}
 CACHE_DIR = os.path.join(ROOT, ".state", "bench")
 
 
@@ -56,13 +66,15 @@ class CountingVolumes:
     """Wraps a volume backend: every public method call is logged (this is
     the ``api_calls`` count).  Anything else is delegated."""
 
+    NOT_CALLS = ("endpoint_key",)  # no request: the key of the concurrency controller
+
     def __init__(self, inner, log):
         self._inner = inner
         self._log = log
 
     def __getattr__(self, name):
         attr = getattr(self._inner, name)
-        if name.startswith("_") or not callable(attr):
+        if name.startswith("_") or not callable(attr) or name in self.NOT_CALLS:
             return attr
 
         @functools.wraps(attr)
@@ -241,9 +253,23 @@ def cinder_session(clouds_yaml=CLOUDS, cloud="devcloud"):
     return region.get_session(), region
 
 
-def make_cinder_backend():
-    session, region = cinder_session()
-    return cinder_backend_class()(session, "3.71", region_name=region.region_name)
+def make_cinder_backend(shape="default", pool_size=None):
+    """cgsnap's Cinder backend (bench flavour) for a dev-cloud shape, its
+    HTTP pool sized as the product sizes it (``[snapshot]
+    max_parallel_creates``) unless ``pool_size`` is given."""
+    if pool_size is None:
+        from cgsnap.conf import CONF
+        pool_size = CONF.snapshot.max_parallel_creates
+    sh = SHAPES[shape]
+    session, region = cinder_session(sh["clouds"], sh["cloud"])
+    return cinder_backend_class()(session, "3.71", region_name=region.region_name,
+                                  pool_size=pool_size)
+
+
+def cinder_lab(shape="default"):
+    from tests import lab as testlab
+    sh = SHAPES[shape]
+    return testlab.CinderLab(sh["clouds"], cloud=sh["cloud"], admin_cloud=sh["admin"])
 
 
 GROUP_TYPE = "fake-consistent"  # the dev cloud's consistent group type
@@ -309,11 +335,15 @@ def _all_in_use(lab, ids):
 
 # -- cgsnap set-up ----------------------------------------------------------------------------
 
-def configure_cgsnap(state_dir, max_parallel_creates=None):
+def configure_cgsnap(state_dir, max_parallel_creates=None, adaptive=True):
     """cgsnap as an operator of the dev cloud would configure it: the tenant
-    cannot read group specs, so the consistent group type is listed."""
+    cannot read group specs, so the consistent group type is listed.
+    ``adaptive=False``: a fixed ``max_parallel_creates`` creates in flight
+    (``[snapshot] adaptive_creates = false``)."""
     from cgsnap.conf import CONF
     CONF([], project="cgsnap", default_config_files=[])
+    if not adaptive:
+        CONF.set_override("adaptive_creates", False, group="snapshot")
     CONF.set_override("state_dir", state_dir)
     CONF.set_override("consistent_group_types", [GROUP_TYPE], group="snapshot")
     if max_parallel_creates:

@@ -12,8 +12,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("cgsnap", "cgsnap-per-volume")
-ORDER = list(VARIANTS) + ["nova-sequential",
-         "sequential-fastpoll", "raw-parallel", "group", "limit"]
+ORDER = list(VARIANTS) + ["cgsnap-fixed", "nova-sequential",
+         "sequential-fastpoll", "raw-parallel", "group",
+         "raw-1", "raw-2", "raw-4", "raw-8", "raw-16", "limit"]
 
 
 def load(path):
@@ -52,7 +53,9 @@ def machine():
         ("TaskFlow", taskflow.version.version_string()),
         ("SQLAlchemy", sqlalchemy.__version__),
         ("python-cinderclient", _dist("python-cinderclient")),
-        ("Cinder (dev cloud)", "29.0.0, fake driver, api+scheduler+volume in one process"),
+        ("Cinder (dev cloud)", "29.0.0, fake driver; default shape: api+scheduler+volume in "
+                               "one process on SQLite; production shape: cinder-api (1 "
+                               "worker), -scheduler, -volume over RabbitMQ on MariaDB"),
     ]
 
 
@@ -101,7 +104,8 @@ def breakdown_table(rows):
         b = r.get("breakdown")
         if not b:
             continue
-        out.append(f"| {r['backend']} | {r['strategy']} | {r['volumes']} | {ms(b['freeze_call'])} "
+        backend = r["backend"] + (" (production)" if r.get("shape") == "production" else "")
+        out.append(f"| {backend} | {r['strategy']} | {r['volumes']} | {ms(b['freeze_call'])} "
                    f"| {ms(b['freeze_to_first_create'])} | {ms(b['creates'])} | "
                    f"{ms(b['wait_polls'])} ({b['polls']:.1f}) | {ms(b['last_poll_to_thaw'])} | "
                    f"{ms(b['thaw_call'])} | {b['db_writes_in_window']:.0f} "
@@ -164,6 +168,52 @@ def acceptance(model, cinder, fleet):
     return "\n".join(out)
 
 
+def _runs(limits):
+    """[4, 4, 4, 5, 6] -> '4x3 5 6'."""
+    out, i = [], 0
+    while i < len(limits):
+        j = i
+        while j < len(limits) and limits[j] == limits[i]:
+            j += 1
+        out.append(f"{limits[i]}x{j - i}" if j - i > 1 else str(limits[i]))
+        i = j
+    return " ".join(out)
+
+
+def production_section(doc):
+    rows = doc["results"]
+    out = ["## Real Cinder, production shape (issue 11)", "",
+           "`make devcloud DEVCLOUD_SHAPE=production`: cinder-api (one worker), "
+           "cinder-scheduler and cinder-volume as separate processes over RabbitMQ, "
+           "Cinder's tables on MariaDB, a member-role user. The 16 volumes are in **no "
+           "group**, so cgsnap cuts them one by one with its adaptive create concurrency "
+           "(`[snapshot] adaptive_creates`). Every `cgsnap` and `cgsnap-fixed` rep runs in a "
+           "fresh process, as a cron run does: the controller starts cold "
+           "(`adaptive_creates_start`). `cgsnap-fixed` is `adaptive_creates = false`, every "
+           "create at once as before issue 11. `raw-K`: the bare client with K threads "
+           "creating, then one list call per 0.05 s. Limit = the best median among raw-1 .. "
+           "raw-16 in the same run.", "", window_table(rows), ""]
+    lim = find(rows, "limit", 16)
+    cg, nova = find(rows, "cgsnap", 16), find(rows, "nova-sequential", 16)
+    if lim and cg and nova:
+        r = cg["freeze_window_s"] / lim["freeze_window_s"]
+        ok = r <= 1.05 and cg["freeze_window_s"] < nova["freeze_window_s"]
+        out += ["| target (N=16) | cgsnap | met? |", "|---|---:|:---:|",
+                f"| window / limit <= 1.05 and window < nova-sequential "
+                f"({nova['freeze_window_s']:.3f} s) | {r:.2f} ({cg['freeze_window_s']:.3f} s) "
+                f"| {'yes' if ok else '**no**'} |", ""]
+    out += ["The adaptive controller's concurrency: the limit each create started under, "
+            "per rep, in start order (`4x4 5x2` = four creates under a limit of 4, then two "
+            "under 5).", "", "| strategy | rep | window s | limits |", "|---|---:|---:|---|"]
+    for r in rows:
+        for i, limits in enumerate(r.get("concurrency") or []):
+            win = (r.get("windows") or [None] * (i + 1))[i]
+            out.append(f"| {r['strategy']} | {i + 1} | "
+                       f"{'' if win is None else f'{win:.3f}'} | {_runs(limits or [])} |")
+    out.append("")
+    return "\n".join(out)
+
+
 def plot(model, cinder, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -200,6 +250,7 @@ def main():
     fleet = load(os.path.join(res, "fleet.json"))
     pw = load(os.path.join(res, "persist_write.json"))
     fb = load(os.path.join(res, "fleet_breakdown.json"))
+    prod = load(os.path.join(res, "cinder-production.json"))
     plot(model, cinder, os.path.join(HERE, "freeze_window.png"))
 
     md = ["# cgsnap freeze-window benchmarks (issue 5)", "",
@@ -212,7 +263,7 @@ def main():
           "## Machine", "", "| | |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in machine()]
     md += ["", "## Commands", "", "```"]
-    for d in model_docs + [cinder_doc, fleet, fb, pw]:
+    for d in model_docs + [cinder_doc, prod, fleet, fb, pw]:
         if d and d.get("command"):
             md.append(d["command"])
     md += ["```", "", "## Acceptance (issue 5)", "", acceptance(model, cinder, fleet), "",
@@ -243,6 +294,8 @@ def main():
                + ", ".join(f"N={r['volumes']}: {r['latency_s']:.3f} s" for r in cinder
                            if r["strategy"] == "limit") + ".", "",
                window_table(cinder), ""]
+    if prod:
+        md += [production_section(prod)]
     if pw:
         md += ["## One TaskFlow logbook write (SQLite file)", "",
                "`backend.get_connection()` + `update_atom_details`, as taskflow.storage does "
@@ -254,7 +307,8 @@ def main():
         md.append("")
     md += ["## Where cgsnap's window goes", "",
            "Medians in ms, from the instrumented drivers (call log) and timed TaskFlow "
-           "logbook writes.", "", breakdown_table((model or []) + (cinder or [])), ""]
+           "logbook writes.", "", breakdown_table((model or []) + (cinder or [])
+                                                     + (prod["results"] if prod else [])), ""]
     if fleet:
         r0 = fleet["results"][0]
         md += ["## Fleet", "",

@@ -23,8 +23,22 @@ opts = [
                  help="Longest interval between status polls while the guest is frozen: "
                       "every interval of overshoot is added to the freeze window."),
     cfg.IntOpt("max_parallel_creates", default=64, min=1,
-               help="Member snapshot creates issued concurrently inside the freeze window "
-                    "(threads start lazily; a set of N members uses min(N, this))."),
+               help="Most member snapshot creates in flight at once inside the freeze "
+                    "window (threads start lazily; a set of N members uses min(N, this)). "
+                    "With adaptive_creates this is the ceiling of the adaptive limit. "
+                    "The HTTP connection pool to Cinder is sized to it."),
+    cfg.BoolOpt("adaptive_creates", default=True,
+                help="Bound the per-volume creates in flight by the latency Cinder shows "
+                     "(additive increase while the create call's latency does not rise, "
+                     "multiplicative decrease when requests queue), remembered per "
+                     "endpoint for the life of the process. A CPU-bound cinder-api "
+                     "answers many parallel creates slower than a few; one with many "
+                     "workers answers them as fast as one. False: always "
+                     "max_parallel_creates at once."),
+    cfg.IntOpt("adaptive_creates_start", default=4, min=1,
+               help="Creates in flight when a process first talks to an endpoint "
+                    "(adaptive_creates); the limit grows from here while latency does "
+                    "not rise. Capped by max_parallel_creates."),
     cfg.StrOpt("local_disks", default="skip", choices=[
                    ("skip", "leave file-backed disks out (as Nova's snapshot does); an "
                             "image-backed root is refused unless --exclude-root"),

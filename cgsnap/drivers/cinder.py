@@ -46,6 +46,28 @@ def _session_from_config(conf):
     return session, region
 
 
+def size_connection_pool(session, size):
+    """Let ``size`` requests share kept-alive connections per host: requests'
+    default pool keeps 10, so with more parallel creates every run logged
+    ``Connection pool is full, discarding connection`` and reconnected.
+    Replaces each mounted adapter with one of the same kind (keystoneauth's
+    TCP keep-alive adapter keeps its TLS settings) and a pool of ``size``."""
+    import requests.adapters
+
+    http = getattr(session, "session", session)  # keystoneauth Session -> requests.Session
+    for prefix, adapter in list(http.adapters.items()):
+        if not isinstance(adapter, requests.adapters.HTTPAdapter):
+            continue
+        if getattr(adapter, "_pool_maxsize", 0) >= size:
+            continue
+        extra = {k: getattr(adapter, k) for k in ("tls_ciphers", "tls_min_version")
+                 if hasattr(adapter, k)}
+        http.mount(prefix, type(adapter)(pool_connections=adapter._pool_connections,
+                                         pool_maxsize=size, max_retries=adapter.max_retries,
+                                         pool_block=adapter._pool_block, **extra))
+        adapter.close()
+
+
 def _translate(err, what):
     """Map client exceptions to cgsnap's one-line errors."""
     if isinstance(err, cinder_exc.NotFound):
@@ -143,10 +165,13 @@ def _group_snapshot_dict(gs, **defaults):
 class CinderBackend(base.VolumeBackend):
     """:class:`cgsnap.drivers.base.VolumeBackend` on Cinder v3."""
 
-    def __init__(self, session, api_version="3.71", region_name=None, interface=None):
+    def __init__(self, session, api_version="3.71", region_name=None, interface=None,
+                 pool_size=None):
         self.client = cinder_client.Client(
             session=session, api_version=api_versions.APIVersion(api_version),
             region_name=region_name, interface=interface or "public")
+        if pool_size:
+            size_connection_pool(session, pool_size)
         self._volume_filters = None  # see filters_volumes_by_id()
         self._quota_detail = True    # see get_limits(): False once Cinder refused it
         self._types = {}             # volume id -> volume type name, see volume_types()
@@ -163,11 +188,20 @@ class CinderBackend(base.VolumeBackend):
         except Exception:  # noqa: BLE001 - best effort
             pass
 
+    def endpoint_key(self):
+        """The Cinder endpoint this backend talks to (the adaptive create
+        concurrency is remembered per endpoint)."""
+        try:
+            return self.client.client.get_endpoint() or "cinder"
+        except Exception:  # noqa: BLE001 - only the key of a cache
+            return "cinder"
+
     @classmethod
     def from_config(cls, conf):
         session, region = _session_from_config(conf)
         return cls(session, conf.openstack.volume_api_version,
-                   region_name=region.region_name, interface=region.interface)
+                   region_name=region.region_name, interface=region.interface,
+                   pool_size=conf.snapshot.max_parallel_creates)
 
     def get_volume(self, volume_id):
         faults.point("volume.get_volume")

@@ -7,7 +7,18 @@ import time
 from oslo_log import log as logging
 
 from cgsnap import catalog as catalog_mod
-from cgsnap import cleanup, exception, faults, naming, plan, progress, quota, state, wait
+from cgsnap import (
+    cleanup,
+    concurrency,
+    exception,
+    faults,
+    naming,
+    plan,
+    progress,
+    quota,
+    state,
+    wait,
+)
 from cgsnap import drivers as drivers_mod
 from cgsnap import manifest as manifest_mod
 from cgsnap.conf import CONF
@@ -32,6 +43,36 @@ def executor():
                 max_workers=CONF.snapshot.max_parallel_creates,
                 thread_name_prefix="cgsnap-fanout")
         return _pool
+
+
+def create_gate(vols):
+    """The gate that bounds this run's creates: the endpoint's adaptive
+    controller (``[snapshot] adaptive_creates``), or a fixed
+    ``max_parallel_creates``."""
+    conf = CONF.snapshot
+    if not conf.adaptive_creates:
+        ctl = concurrency.Controller(conf.max_parallel_creates,
+                                     start=conf.max_parallel_creates, grow_below=0, grow_rise=0,
+                                     shrink_above=float("inf"))
+    else:
+        key = getattr(vols, "endpoint_key", None)
+        key = key() if callable(key) else type(vols).__name__
+        ctl = concurrency.for_endpoint(key, conf.max_parallel_creates,
+                                       start=conf.adaptive_creates_start)
+    return concurrency.Gate(ctl)
+
+
+def _log_concurrency(gate, n):
+    limits = gate.limits()
+    LOG.info("per-volume cut: %d creates, at most %d in flight; limit per create %s, "
+             "now %d (%s)", n, gate.max_in_flight, limits, gate.controller.limit,
+             "adaptive" if CONF.snapshot.adaptive_creates else "fixed")
+    last_cut_concurrency.update(limits=limits, max_in_flight=gate.max_in_flight,
+                                limit_after=gate.controller.limit)
+
+
+# The last per-volume cut's concurrency in this process (bench/freeze_window.py shows it).
+last_cut_concurrency = {}
 
 
 def volume_members(manifest):
@@ -246,13 +287,17 @@ class SnapshotVolumes(CgsnapTask):
     def _per_volume(self, set_id, manifest, window):
         members = volume_members(manifest)
         vols = self.drivers.volumes
-        futures = [executor().submit(vols.create_snapshot, m["volume_id"], m["name"],
-                                     member_metadata(set_id, manifest, m))
+        gate = create_gate(vols)
+        futures = [executor().submit(gate.call, vols.create_snapshot, m["volume_id"], m["name"],
+                                     member_metadata(set_id, manifest, m),
+                                     deadline=window.deadline)
                    for m in members]
         _inflight[set_id] = futures
         done, running = concurrent.futures.wait(futures, window.remaining())
-        if running:
-            late = [m for m, f in zip(members, futures) if f in running]
+        _log_concurrency(gate, len(members))
+        not_started = [f for f in done if isinstance(f.exception(), concurrency.NotStarted)]
+        if running or not_started:
+            late = [m for m, f in zip(members, futures) if f in running or f in not_started]
             raise window.timeout(late, "the create call did not return")
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
