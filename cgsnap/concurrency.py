@@ -73,7 +73,7 @@ class Controller:
         self.base = None            # see the module docstring (s)
         self._lowest = None         # lowest latency seen (s)
         self._at_floor = collections.deque(maxlen=16)  # latencies of calls at the floor
-        self.slow_start = True      # grow by 1 per call until the first sign of queueing
+        self.slow_start = True      # grow by 1 per call until the first decrease
         self._last_decrease = None  # clock value of the last decrease
         self.samples = 0
         self._lock = threading.Lock()
