@@ -55,6 +55,17 @@ def connection(uri):
         return conn
 
 
+_TRANSPORT_ERRORS = {getattr(libvirt, n) for n in (
+    "VIR_ERR_SYSTEM_ERROR", "VIR_ERR_RPC", "VIR_ERR_NO_CONNECT", "VIR_ERR_INVALID_CONN")
+    if hasattr(libvirt, n)}
+
+
+def _connection_broken(err):
+    """A transport error (libvirtd restarted, socket closed), not an answer."""
+    return (err.get_error_code() in _TRANSPORT_ERRORS
+            or err.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE))
+
+
 def reset_connection(uri):
     """Forget the cached connection to ``uri`` (after an error: libvirtd may
     have restarted), so the next call opens a new one."""
@@ -193,11 +204,22 @@ class LibvirtHypervisor:
     def conn(self):
         return connection(self.uri)
 
+    def _lookup(self, ref):
+        if is_uuid(ref):
+            return self.conn.lookupByUUIDString(ref)
+        return self.conn.lookupByName(ref)
+
     def _domain(self, ref):
         try:
-            if is_uuid(ref):
-                return self.conn.lookupByUUIDString(ref)
-            return self.conn.lookupByName(ref)
+            try:
+                return self._lookup(ref)
+            except libvirt.libvirtError as e:
+                if not _connection_broken(e) or self.uri.startswith("test:"):
+                    raise  # (the test driver's state lives in its one connection)
+                # libvirtd restarted under a long-lived process: its cached
+                # connection is dead although isAlive() may not know yet.
+                reset_connection(self.uri)
+                return self._lookup(ref)
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise exception.InstanceNotFound(
