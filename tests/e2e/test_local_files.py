@@ -81,7 +81,7 @@ def test_recover_waits_for_a_block_job_still_running(real_guest):
     set_dir, on = _fail_with_guest_on_overlays(real_guest)
     faults.reset()
     flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
-    real_guest.dom.blockCommit("vdb", None, None, 1, flags)  # 1 MiB/s, left running
+    real_guest.dom.blockCommit("vdb", None, None, 4, flags)  # 4 MiB/s, left running
     assert real_guest.dom.blockJobInfo("vdb", 0)
     rc, out, err = real_guest.cgsnap("recover", "-f", "json")
     assert rc == 0, (out, err)
