@@ -321,3 +321,15 @@ def test_guard_does_not_import_from_the_current_directory(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, PYTHONPATH=root))
     assert g.stdout.strip() == "ok", g.stderr[-500:]
+
+
+def test_a_thaw_that_starts_in_time_but_ends_late_is_not_filesystem_consistent():
+    """Found by the chaos soak (rg_libvirtd_restart): the thaw started before
+    the deadline, libvirtd's restart made it end after it, and the guest was
+    frozen 3.08 s with freeze_timeout 3 s."""
+    from cgsnap.tasks.catalog import _consistency
+    freeze = {"mode": "filesystem", "timeout_s": 3.0}
+    thaw = {"deadline_missed": False, "window_s": 3.08}
+    mode, reason = _consistency(freeze, thaw)
+    assert mode == "crash" and "3.08s" in reason
+    assert _consistency(freeze, dict(thaw, window_s=2.9)) == ("filesystem", None)
