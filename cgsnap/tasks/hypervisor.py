@@ -203,7 +203,11 @@ def _window(started_at, started, options, mode, frozen, **extra):
     return dict({"mode": mode, "frozen": frozen, "started_at": started_at,
                  "frozen_at": manifest_mod.isotime(), "started_mono": started,
                  "frozen_mono": frozen_mono, "timeout_s": options["freeze_timeout"],
-                 "deadline_mono": frozen_mono + options["freeze_timeout"]}, **extra)
+                 # Counted from the start of the freeze call, less a reserve
+                 # for the thaw call: the recorded window then stays within
+                 # freeze_timeout unless the thaw itself is slow.
+                 "deadline_mono": started + options["freeze_timeout"]
+                 - min(0.1, options["freeze_timeout"] / 10)}, **extra)
 
 
 def _disarm(set_id, instance, what):
