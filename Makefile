@@ -16,7 +16,7 @@ help:
 	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e, fault-matrix, functional-production, chaos)"
 	@echo "make functional-production   functional subset on the production-shaped dev cloud"
 	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
-	@echo "make chaos [CHAOS_CASES=60] [CHAOS_SEED=n] [CHAOS_ONLY=i,j] [CHAOS_KINDS=k,...]   seeded soak: faults around cgsnap (docs/safety.md)"
+	@echo "make chaos [CHAOS_CASES=60] [CHAOS_SEED=n] [CHAOS_ONLY=i,j] [CHAOS_KINDS=k,...] [CHAOS_JOBS=2]   seeded soak: faults around cgsnap (docs/safety.md)"
 
 bootstrap: $(VENV)/.cgsnap-installed
 
@@ -86,7 +86,7 @@ chaos: devcloud testguest
 	@rc=0; $(PYTEST) -q -p no:cacheprovider tests/chaos/test_run.py && \
 	$(PY) tests/chaos/run.py --cases $(CHAOS_CASES) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) \
 	    $(if $(CHAOS_ONLY),--only $(CHAOS_ONLY)) $(if $(CHAOS_KINDS),--kinds $(CHAOS_KINDS)) \
-	    || rc=$$?; \
+	    $(if $(CHAOS_JOBS),--jobs $(CHAOS_JOBS)) || rc=$$?; \
 	tools/testguest/testguest.sh down >/dev/null 2>&1 || true; \
 	if pgrep -f "^[^ ]*qemu-system-x86_64" >/dev/null || pgrep -x libvirtd >/dev/null; then \
 	    echo "chaos: qemu or libvirtd left running" >&2; rc=1; fi; \

@@ -34,6 +34,8 @@ The last line is the summary the Makefile and docs/safety.md quote.
 
 import argparse
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -676,9 +678,11 @@ def _members_present(lab, doc):
 
 
 # ------------------------------------------------------------- catalogue ----
-def kind(weight, target):
+def kind(weight, target, shared=False):
+    """``shared``: the case makes a component every shard uses misbehave (Cinder,
+    the private libvirtd, PostgreSQL), so with ``--jobs`` it runs alone."""
     def deco(fn):
-        fn.weight, fn.target = weight, target
+        fn.weight, fn.target, fn.shared = weight, target, shared
         CATALOGUE[fn.__name__] = fn
         return fn
     return deco
@@ -770,7 +774,7 @@ def rg_freeze_answers_late(case, t):
         case.after.append(lambda: t.guest_sh("rm -f /mnt/d1/chaos.junk", wait=True))
 
 
-@kind(2, "rg")
+@kind(2, "rg", shared=True)
 def rg_libvirtd_restart(case, t):
     """The private libvirtd is restarted inside the window (QEMU keeps running)."""
     point = case.params["at"] = case.rng.choice(INSIDE_WINDOW[:3])
@@ -848,21 +852,21 @@ def _cinder_stall(case, t, points):
     case.finish(rec)
 
 
-@kind(3, "td")
+@kind(3, "td", shared=True)
 def td_cinder_sigstop(case, t):
     """cinder's process is SIGSTOPped inside the window for a few seconds."""
     _cinder_stall(case, t, ["hypervisor.freeze.after", "task.SnapshotVolumes",
                             "volume.create_snapshot"])
 
 
-@kind(2, "rg")
+@kind(2, "rg", shared=True)
 def rg_cinder_sigstop(case, t):
     """cinder's process is SIGSTOPped inside the real guest's window."""
     _cinder_stall(case, t, ["hypervisor.freeze.after", "task.SnapshotVolumes",
                             "volume.create_snapshot"])
 
 
-@kind(2, "tdg")
+@kind(2, "tdg", shared=True)
 def tdg_cinder_sigstop(case, t):
     """A consistency-group instance (one group snapshot): cinder's process is
     SIGSTOPped inside the window."""
@@ -878,7 +882,7 @@ def tdg_cgroup_stop(case, t):
                  points=["volume.create_group_snapshot.after", "task.TagGroupSnapshotMembers"])
 
 
-@kind(1, "td")
+@kind(1, "td", shared=True)
 def td_cinder_sigkill(case, t):
     """cinder's process is SIGKILLed inside the window, then restarted (rare:
     the dev cloud is shared)."""
@@ -948,7 +952,7 @@ def td_idempotency_after_failure(case, t):
     case.create(conf, t, key=key)
 
 
-@kind(1, "td")
+@kind(1, "td", shared=True)
 def td_postgres_restart(case, t):
     """A shared catalog (and logbooks) on PostgreSQL, restarted during a create (rare:
     the server is shared)."""
@@ -967,11 +971,45 @@ def td_postgres_restart(case, t):
 
 
 # ------------------------------------------------------------------ the run --
+class Turns:
+    """Who may run a case now, across the shards of one ``--jobs`` run: ordinary
+    cases share the machine, a ``shared`` kind runs alone.  A reader/writer lock
+    on two files (flock): the turnstile makes a waiting writer block new
+    readers, so a shared case is not starved by the other shards' stream of
+    ordinary ones.  With one job it locks nothing."""
+
+    def __init__(self, lockdir):
+        self.lockdir = lockdir
+
+    @contextlib.contextmanager
+    def turn(self, alone):
+        if not self.lockdir:
+            yield
+            return
+        with open(os.path.join(self.lockdir, "turnstile"), "a") as gate, \
+                open(os.path.join(self.lockdir, "cases"), "a") as cases:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(cases, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+            finally:
+                if not alone:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+            try:
+                yield
+            finally:
+                fcntl.flock(cases, fcntl.LOCK_UN)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+
+
 class Run:
-    def __init__(self, seed, n, only=None, kinds=None, keep=False, verbose=False):
+    def __init__(self, seed, n, only=None, kinds=None, keep=False, verbose=False,
+                 shard=None, lockdir=None):
         self.seed, self.n, self.only, self.keep = seed, n, only, keep
         self.verbose = verbose
         self.kinds = kinds
+        # (k, jobs): this process runs the cases whose index % jobs == k
+        self.shard = shard
+        self.turns = Turns(lockdir)
         self.workdir = None
         self.lab = None
         self.targets = {}
@@ -993,26 +1031,37 @@ class Run:
 
     def target(self, which):
         if which not in self.targets:
-            if which == "td":
-                self.targets[which] = TestDriverInstance(self.lab, self.workdir)
-            elif which == "tdg":
-                self.targets[which] = TestDriverInstance(self.lab, self.workdir,
-                                                         "fake-consistent")
-            else:
-                testguest("build", timeout=900)
-                testguest("libvirtd-start", timeout=120)
-                self.targets[which] = RealGuest(self.lab, f"chaos-g{os.getpid()}")
+            with self.turns.turn(alone=True):
+                self._make_target(which)
         return self.targets[which]
+
+    def _make_target(self, which):
+        if which == "td":
+            self.targets[which] = TestDriverInstance(self.lab, self.workdir)
+        elif which == "tdg":
+            self.targets[which] = TestDriverInstance(self.lab, self.workdir, "fake-consistent")
+        else:
+            testguest("build", timeout=900)
+            testguest("libvirtd-start", timeout=120)
+            self.targets[which] = RealGuest(self.lab, f"chaos-g{os.getpid()}")
+
+    @property
+    def pg_name(self):
+        return "cgsnap_chaos" if self.shard is None else f"cgsnap_chaos_{self.shard[0]}"
 
     def pg_url(self):
         """A fresh (re-created) PostgreSQL database for this case."""
-        self._pg = sh(SQLDB, "url", "postgresql", "cgsnap_chaos", timeout=600).stdout.strip()
+        self._pg = sh(SQLDB, "url", "postgresql", self.pg_name, timeout=600).stdout.strip()
         return self._pg
 
     def run_case(self, index, seed, kname):
         fn = CATALOGUE[kname]
-        case = Case(self, index, seed, kname)
         t = self.target(fn.target)
+        with self.turns.turn(alone=fn.shared):
+            return self._run_case(index, seed, kname, fn, t)
+
+    def _run_case(self, index, seed, kname, fn, t):
+        case = Case(self, index, seed, kname)
         case.target = t
         t0 = time.monotonic()
         sampler = None
@@ -1082,6 +1131,12 @@ class Run:
             for r in case.creates:
                 if r["err"]:
                     log(f"    create {r['name']} rc={r['rc']}: {r['err'].splitlines()[-1][:300]}")
+            if not ok:
+                for conf, r in case.post_results.items():
+                    for cmd in ("recover", "gc"):
+                        rc, out, err = r[cmd]
+                        text = (out + err).strip().replace("\n", "\n      ")
+                        log(f"    {cmd} ({os.path.basename(conf)}) rc={rc}:\n      {text[-1500:]}")
         return res
 
     @staticmethod
@@ -1153,8 +1208,8 @@ class Run:
                 continue
             if s.id in live_snaps or (s.metadata or {}).get("cgsnap_set_id") in live:
                 continue
-            if s.status == "creating" and s.id in text and "reset" in text:
-                continue  # cgsnap named it for an admin's reset
+            if s.status == "creating" and f"snapshot set --state error {s.id}" in text:
+                continue  # cgsnap named it, with the command for an admin's reset
             case.violations["orphans"].append(
                 f"snapshot {s.id} ({s.status}, set {(s.metadata or {}).get('cgsnap_set_id')})")
         live_groups = {(d.get("group_snapshot") or {}).get("id") for d in live.values()}
@@ -1217,6 +1272,11 @@ class Run:
             if not any(f.startswith(case.dir + os.sep) for f in in_use):
                 shutil.rmtree(case.dir, ignore_errors=True)
 
+    def mine(self, index):
+        if self.only is not None and index not in self.only:
+            return False
+        return self.shard is None or index % self.shard[1] == self.shard[0]
+
     def main(self):
         plan = self.plan()
         self.workdir = tempfile.mkdtemp(prefix="cgsnap-chaos-")
@@ -1227,9 +1287,8 @@ class Run:
         try:
             self.lab = Lab()
             for index, seed, kname in plan:
-                if self.only is not None and index not in self.only:
-                    continue
-                self.run_case(index, seed, kname)
+                if self.mine(index):
+                    self.run_case(index, seed, kname)
         except HarnessError as e:
             log(f"chaos: cannot run: {e}")
             rc = 2
@@ -1243,9 +1302,11 @@ class Run:
                 except Exception as e:  # noqa: BLE001
                     log(f"chaos: teardown of {t.name} failed: {e}")
             if self._pg:
-                sh(SQLDB, "drop", "postgresql", "cgsnap_chaos", check=False)
+                sh(SQLDB, "drop", "postgresql", self.pg_name, check=False)
             if not self.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.shard is not None:  # a worker of run_jobs(): the parent sums up
+            return rc
         return self.summary() or rc
 
     def summary(self):
@@ -1271,6 +1332,62 @@ class Run:
         return 0 if res and passed == len(res) else 1
 
 
+def run_jobs(args, seed, jobs):
+    """``--jobs N``: N worker processes (this script with ``--shard k/N``) run the
+    cases whose index % N == k, each with its own targets (test-driver
+    instances, one real guest each) and catalogs; kinds that disturb a shared
+    component run alone (:class:`Turns`).  The case lines stream as they come;
+    the summary covers every case."""
+    lockdir = tempfile.mkdtemp(prefix="cgsnap-chaos-turns-")
+    out = {}
+    procs = []
+    try:
+        for k in range(jobs):
+            out[k] = os.path.join(lockdir, f"results-{k}.json")
+            argv = [sys.executable, os.path.abspath(__file__), "--cases", str(args.cases),
+                    "--seed", str(seed), "--shard", f"{k}/{jobs}", "--results", out[k],
+                    "--lockdir", lockdir]
+            for flag, value in (("--only", args.only), ("--kinds", args.kinds)):
+                if value:
+                    argv += [flag, value]
+            argv += ["--keep"] * args.keep + ["--verbose"] * args.verbose
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1))
+        pumps = [threading.Thread(target=_pump, args=(p.stdout, f"[{k}] "), daemon=True)
+                 for k, p in enumerate(procs)]
+        for t in pumps:
+            t.start()
+        rcs = [p.wait() for p in procs]
+        for t in pumps:
+            t.join()
+        runner = Run(seed, args.cases, kinds=set(args.kinds.split(",")) if args.kinds else None)
+        for k in range(jobs):
+            try:
+                with open(out[k]) as f:
+                    runner.results += json.load(f)
+            except (OSError, ValueError):
+                log(f"chaos: shard {k} wrote no results (exit {rcs[k]})")
+        runner.results.sort(key=lambda r: r["index"])
+        log(f"chaos: {jobs} jobs, shard exits {rcs}")
+        rc = runner.summary()
+        return rc or max(rcs) or (2 if any(not os.path.exists(o) for o in out.values()) else 0)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        return 130
+    finally:
+        shutil.rmtree(lockdir, ignore_errors=True)
+
+
+def _pump(stream, prefix):
+    for line in stream:
+        if line.startswith("chaos: ") and "seed=" in line and "workdir=" in line:
+            line = line.replace("chaos: ", "chaos: shard ", 1)
+        sys.stdout.write(prefix + line)
+        sys.stdout.flush()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", type=int, default=int(os.environ.get("CHAOS_CASES") or 60))
@@ -1282,6 +1399,12 @@ def main(argv=None):
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--list-kinds", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="print each case's phase times")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("CHAOS_JOBS") or 1),
+                   help="cases run side by side in N worker processes (each its own "
+                        "targets); kinds that disturb a shared component run alone")
+    p.add_argument("--shard", help=argparse.SUPPRESS)    # k/N: a worker of --jobs
+    p.add_argument("--results", help=argparse.SUPPRESS)  # where a worker writes its results
+    p.add_argument("--lockdir", help=argparse.SUPPRESS)  # the workers' Turns
     args = p.parse_args(argv)
     if args.list_kinds:
         for k, fn in CATALOGUE.items():
@@ -1293,7 +1416,15 @@ def main(argv=None):
         seed = int(env) if env else random.SystemRandom().randrange(1, 2**31)
     only = {int(x) for x in args.only.split(",")} if args.only else None
     kinds = set(args.kinds.split(",")) if args.kinds else None
-    return Run(seed, args.cases, only, kinds, args.keep, args.verbose).main()
+    if args.jobs > 1 and not args.shard:
+        return run_jobs(args, seed, args.jobs)
+    shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
+    runner = Run(seed, args.cases, only, kinds, args.keep, args.verbose, shard, args.lockdir)
+    rc = runner.main()
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump(runner.results, f)
+    return rc
 
 
 if __name__ == "__main__":

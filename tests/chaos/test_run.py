@@ -40,3 +40,60 @@ def test_a_case_parameters_do_not_follow_from_its_kind(tmp_path):
     ns = {run.Case(runner, i, s, "td_thaw_fails_n").rng.randint(1, 7)
           for i, s in enumerate(seeds)}
     assert len(ns) >= 4
+
+
+def _enter_later(turns, alone, entered, hold=0.0):
+    import threading
+    import time
+
+    def go():
+        with turns.turn(alone):
+            entered.append(time.monotonic())
+            time.sleep(hold)
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def test_a_shared_kind_runs_alone_across_jobs(tmp_path):
+    import time
+    turns = run.Turns(str(tmp_path))
+    entered = []
+    with turns.turn(alone=True):
+        t = _enter_later(turns, False, entered)
+        time.sleep(0.3)
+        assert entered == [], "an ordinary case ran beside a shared one"
+        left = time.monotonic()
+    t.join(5)
+    assert entered and entered[0] >= left
+
+
+def test_a_waiting_shared_kind_is_not_starved_by_ordinary_cases(tmp_path):
+    import time
+    turns = run.Turns(str(tmp_path))
+    writer, late_reader = [], []
+    with turns.turn(alone=False):
+        w = _enter_later(turns, True, writer, hold=0.3)
+        time.sleep(0.2)                      # the shared case now waits at the turnstile
+        r = _enter_later(turns, False, late_reader)
+        time.sleep(0.2)
+        assert late_reader == [], "a new ordinary case overtook a waiting shared one"
+    w.join(5)
+    r.join(5)
+    assert writer and late_reader and late_reader[0] >= writer[0] + 0.3
+
+
+def test_shards_split_the_plan_without_overlap():
+    plans = []
+    for k in range(3):
+        r = run.Run(9, 20, shard=(k, 3))
+        plans.append({i for i, _, _ in r.plan() if r.mine(i)})
+    assert set.union(*plans) == set(range(20))
+    assert sum(len(p) for p in plans) == 20
+
+
+def test_without_jobs_nothing_is_locked():
+    turns = run.Turns(None)
+    with turns.turn(alone=True):
+        with turns.turn(alone=True):
+            pass
