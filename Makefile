@@ -9,12 +9,13 @@ PYTEST := $(VENV)/bin/pytest
 # (tools/devcloud/production.sh), beside the default one.
 DEVCLOUD_SHAPE ?= default
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional functional-production e2e fault-matrix chaos lint genconfig bench clean
+.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional functional-production fault-matrix-production e2e fault-matrix chaos lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
-	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e, fault-matrix, functional-production, chaos)"
+	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e, fault-matrix, functional-production, fault-matrix-production, chaos)"
 	@echo "make functional-production   functional subset on the production-shaped dev cloud"
+	@echo "make fault-matrix-production  the fault matrix's storage cases on the production shape"
 	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
 	@echo "make chaos [CHAOS_CASES=60] [CHAOS_SEED=n] [CHAOS_ONLY=i,j] [CHAOS_KINDS=k,...] [CHAOS_JOBS=2]   seeded soak: faults around cgsnap (docs/safety.md)"
 
@@ -38,18 +39,22 @@ lint: bootstrap
 unit: bootstrap
 	$(PYTEST) -q tests/unit
 
+# tests/functional/production/ needs what only the production shape has (a region
+# without an image service): `make functional-production` runs it.
 functional: devcloud
-	$(PYTEST) -q tests/functional
+	$(PYTEST) -q tests/functional --ignore=tests/functional/production
 
 # The functional tier's representative subset on the production-shaped dev cloud
 # (tools/devcloud/production.sh: cinder-api/-scheduler/-volume over RabbitMQ on
 # MariaDB, member-only user, per-type quotas): the production-shape findings, a
 # 9-member set, quota refusals and a quota exhausted mid-window, a revert that
-# deletes real snapshots, odd names, a group snapshot and a revert after it.
+# deletes real snapshots, odd names, a group snapshot and a revert after it,
+# snapshots stuck `creating` (finding 4) and a region without Glance (finding 5).
 PROD_CLOUDS := CGSNAP_TEST_CLOUDS_YAML=$(CURDIR)/.devcloud-production/clouds.yaml \
 	CGSNAP_TEST_CLOUD=devcloud-prod CGSNAP_TEST_ADMIN_CLOUD=devcloud-prod-admin
 FN := tests/functional
-FUNCTIONAL_PRODUCTION := $(FN)/test_production_shape.py \
+FUNCTIONAL_PRODUCTION := $(FN)/test_production_shape.py $(FN)/production \
+	$(FN)/test_stuck_snapshots.py $(FN)/test_bad_input.py::test_wrong_keystone_password \
 	$(FN)/test_create_cinder.py::test_volume_root_and_8_data_volumes_make_one_9_member_set \
 	$(FN)/test_create_cinder.py::test_quota_exhausted_partway_through \
 	$(FN)/test_create_cinder.py::test_quota_answer_is_reused_but_a_refusal_asks_cinder_again \
@@ -61,6 +66,13 @@ FUNCTIONAL_PRODUCTION := $(FN)/test_production_shape.py \
 functional-production: bootstrap
 	@$(MAKE) --no-print-directory devcloud DEVCLOUD_SHAPE=production
 	$(PROD_CLOUDS) $(PYTEST) -q $(FUNCTIONAL_PRODUCTION)
+
+# The fault matrix's storage cases (CGSNAP_FAULT_MATRIX=storage: every Cinder call
+# of both cuts with every action, and a kill at each task of the window) on the
+# production shape, where the cloud's shape matters.
+fault-matrix-production: bootstrap
+	@$(MAKE) --no-print-directory devcloud DEVCLOUD_SHAPE=production
+	$(PROD_CLOUDS) CGSNAP_FAULT_MATRIX=storage $(PYTEST) -q -p no:warnings tests/faultmatrix
 
 testguest: bootstrap
 	tools/testguest/testguest.sh build
@@ -108,6 +120,7 @@ test: bootstrap
 	$(MAKE) --no-print-directory e2e && \
 	$(MAKE) --no-print-directory fault-matrix && \
 	$(MAKE) --no-print-directory functional-production && \
+	$(MAKE) --no-print-directory fault-matrix-production && \
 	$(MAKE) --no-print-directory chaos && \
 	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
 

@@ -11,7 +11,7 @@ import yaml
 
 from cgsnap import drivers, exception, faults
 
-from .conftest import CLOUDS
+from .conftest import CLOUD, CLOUDS
 
 
 def _one_line(err):
@@ -104,7 +104,7 @@ def test_quota_already_exhausted(make_instance, lab):
 def test_wrong_keystone_password(make_instance, tmp_path):
     inst = make_instance(n_data=1, name="badpw")
     clouds = yaml.safe_load(open(CLOUDS))
-    clouds["clouds"]["devcloud"]["auth"]["password"] = "wrong"
+    clouds["clouds"][CLOUD]["auth"]["password"] = "wrong"
     bad = tmp_path / "clouds-bad.yaml"
     bad.write_text(yaml.safe_dump(clouds))
     inst.conf.write_text(inst.conf.read_text().replace(CLOUDS, str(bad)))

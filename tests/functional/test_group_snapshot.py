@@ -10,6 +10,8 @@ import pytest
 
 from cgsnap import exception, faults, manifest, naming
 
+from .conftest import ADMIN_CLOUD, CLOUD
+
 CONSISTENT = "fake-consistent"
 TRUST = "[snapshot]\nconsistent_group_types = fake-consistent\n"
 
@@ -74,8 +76,8 @@ def test_tenant_cannot_see_group_specs_so_untrusted_types_go_per_volume(make_ins
 
 def test_admin_reads_the_spec_itself(make_instance):
     inst = make_instance(n_data=2, name="grp-admin", group_type=CONSISTENT)
-    inst.conf.write_text(inst.conf.read_text().replace("cloud = devcloud\n",
-                                                       "cloud = devcloud-admin\n"))
+    inst.conf.write_text(inst.conf.read_text().replace(f"cloud = {CLOUD}\n",
+                                                       f"cloud = {ADMIN_CLOUD}\n"))
     doc = _create(inst)
     _assert_group_set(inst, doc, 3)
     rc, _, err = inst.cgsnap("delete", doc["id"])
@@ -85,8 +87,8 @@ def test_admin_reads_the_spec_itself(make_instance):
 
 def test_a_group_type_without_the_spec_goes_per_volume(make_instance):
     inst = make_instance(n_data=2, name="grp-generic", group_type="fake-group")
-    inst.conf.write_text(inst.conf.read_text().replace("cloud = devcloud\n",
-                                                       "cloud = devcloud-admin\n"))
+    inst.conf.write_text(inst.conf.read_text().replace(f"cloud = {CLOUD}\n",
+                                                       f"cloud = {ADMIN_CLOUD}\n"))
     doc = _create(inst)
     assert doc["backend_consistency"] == "none"
     assert inst.cinder_group_snapshots() == []
