@@ -71,13 +71,33 @@ DISARMED, FIRED, ARMED = "disarmed", "fired", "armed"
 
 class Actions:
     """What the guard does to the guest, through the libvirt driver (which
-    reconnects to libvirtd when the connection was lost)."""
+    reconnects to libvirtd when the connection was lost).  A thaw that libvirt
+    cannot deliver (libvirtd down) goes to qemu-ga over the guest-agent
+    channel itself (:mod:`cgsnap.drivers.agent_channel`), whose path is read
+    while libvirtd is still up."""
+
+    CHANNEL_TIMEOUT = 1.0
 
     def __init__(self, uri, instance_id, agent_timeout=10):
-        from cgsnap.drivers import libvirt_driver
+        from cgsnap.drivers import agent_channel, libvirt_driver
         self._drv = libvirt_driver
+        self._channel_mod = agent_channel
         self.hyp = libvirt_driver.LibvirtHypervisor(uri, agent_timeout)
         self.instance_id = instance_id
+        self.channel = None
+        try:
+            self.channel = self.hyp.agent_channel(instance_id)
+        except Exception:  # noqa: BLE001 - the fallback is optional; libvirt stays first
+            pass
+
+    def _on_channel(self, command, libvirt_error):
+        """``command`` on the agent channel, after libvirt failed with ``libvirt_error``."""
+        if not self.channel:
+            raise libvirt_error
+        try:
+            return self._channel_mod.call(self.channel, command, self.CHANNEL_TIMEOUT)
+        except self._channel_mod.ChannelError as e:
+            raise exception.AgentUnreachable(f"{libvirt_error}; and directly: {e}") from None
 
     def act(self, mode):
         """One thaw or resume; returns the driver's answer."""
@@ -85,9 +105,13 @@ class Actions:
             if mode == MODE_RESUME:
                 return self.hyp.resume(self.instance_id)
             return self.hyp.thaw(self.instance_id)
-        except Exception:
-            self._drv.reset_connection(self.hyp.uri)
+        except exception.InstanceNotFound:
             raise
+        except Exception as e:  # noqa: BLE001
+            self._drv.reset_connection(self.hyp.uri)
+            if mode == MODE_RESUME:
+                raise
+            return self._on_channel("guest-fsfreeze-thaw", e)
 
     def confirmed(self, mode):
         """(True, what) when the guest is confirmed thawed/running or gone."""
@@ -99,9 +123,12 @@ class Actions:
             return (status != "frozen", status)
         except exception.InstanceNotFound:
             return (True, "gone")
-        except Exception:
+        except Exception as e:  # noqa: BLE001
             self._drv.reset_connection(self.hyp.uri)
-            raise
+            if mode == MODE_RESUME:
+                raise
+            status = self._on_channel("guest-fsfreeze-status", e)
+            return (status == "thawed", f"{status} (agent channel)")
 
 
 class _Record:

@@ -317,6 +317,15 @@ class LibvirtHypervisor:
                                           f"status {status!r}")
         return status
 
+    def agent_channel(self, instance_id):
+        """The unix socket of the domain's guest-agent channel (read while
+        libvirtd is up; the thaw guard's way to the agent when it is not), or
+        None (test driver, no such channel)."""
+        if self.uri.startswith("test:"):
+            return None
+        from cgsnap.drivers import agent_channel
+        return agent_channel.channel_path(self._domain(instance_id).XMLDesc(0))
+
     def is_paused(self, instance_id):
         """Whether the domain is paused (raises InstanceNotFound if it is gone)."""
         dom = self._domain(instance_id)

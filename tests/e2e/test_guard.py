@@ -171,6 +171,46 @@ def test_libvirtd_restart_inside_the_window_guard_reconnects_and_thaws(real_gues
     _end(real_guest, proc)
 
 
+def test_libvirtd_down_past_the_deadline_guard_thaws_through_the_agent_channel(real_guest):
+    """libvirtd stops inside the window and stays down past the deadline: nobody
+    can thaw through libvirt, so the guard speaks to qemu-ga on the domain's
+    agent channel itself (cgsnap/drivers/agent_channel.py).  Before that, the
+    guest stayed frozen until libvirtd was back."""
+    from datetime import datetime
+    freeze_timeout = 3
+    sampler, proc = _hang_frozen(real_guest, freeze_timeout=freeze_timeout)
+    first_frozen = _seen(sampler, "frozen")()[0]
+    try:
+        run_testguest("libvirtd-stop")
+        down_at = time.time()
+        due = first_frozen + freeze_timeout + MARGIN
+        # libvirtd stays down until well after the guard was due
+        _wait_for("a confirmed guard record", lambda: [
+            r for r in _guard_records(real_guest) if r.get("confirmed")],
+            due + 4.0 - time.time())
+        confirmed_while_down = time.time()
+    finally:
+        run_testguest("libvirtd-start")
+    (rec,) = _guard_records(real_guest)
+    confirmed_at = datetime.fromisoformat(rec["confirmed_at"].replace("Z", "+00:00")).timestamp()
+    print(f"\nlibvirtd down from +{down_at - first_frozen:.2f}s; guard due at "
+          f"+{due - first_frozen:.2f}s, confirmed thawed at +{confirmed_at - first_frozen:.2f}s "
+          f"({rec['status']}, {rec['attempts']} attempts)")
+    assert rec["reason"] == "deadline" and "agent channel" in rec["status"]
+    assert confirmed_at <= due + 1.5 and confirmed_at < confirmed_while_down
+    _wait_for("libvirt answering", lambda: _libvirt_status(real_guest), 30, 0.2)
+    assert real_guest.freeze_status() == "thawed"
+    sampler.stop()
+    _end(real_guest, proc)
+
+
+def _libvirt_status(guest):
+    try:
+        return guest.freeze_status()
+    except Exception:  # noqa: BLE001 - libvirtd still coming back
+        return None
+
+
 @pytest.mark.parametrize("grace", [2.0, None], ids=["term-then-kill", "kill-only"])
 def test_stopping_cgsnaps_whole_cgroup_does_not_stop_the_guard(real_guest, grace):
     cg = f"/sys/fs/cgroup/unified/guard-e2e-{os.getpid()}-{int(time.time() * 1000)}"

@@ -1,0 +1,114 @@
+"""The guest agent's own channel: how the thaw guard reaches qemu-ga while
+libvirtd is down.
+
+libvirt talks to qemu-ga through a unix socket that QEMU listens on (the
+domain's ``<channel type='unix'>`` whose target is ``org.qemu.guest_agent.0``).
+QEMU serves one client at a time, and that client is libvirtd.  When libvirtd
+stops (a restart, a crash, an upgrade) QEMU and the frozen guest keep
+running, the socket is free, and nobody can thaw through libvirt until
+libvirtd is back and has reconnected.  The guard reads the socket's path
+while libvirtd is still up and, only when a thaw through libvirt fails, speaks
+the agent's protocol on the socket itself:
+
+* a 0xFF byte first, which makes qemu-ga drop any half-read command;
+* ``guest-sync-delimited`` with a random id: qemu-ga puts a 0xFF before its
+  answer, so anything stale on the channel is skipped;
+* then the command (``guest-fsfreeze-thaw`` or ``guest-fsfreeze-status``).
+
+The connection is closed at once after each call, so a libvirtd that comes
+back is never kept from its agent for longer than one call.  While libvirtd
+holds the socket, QEMU does not accept a second client: the connect succeeds
+into the listen backlog, no answer comes, and the call times out harmlessly.
+"""
+
+import json
+import random
+import socket
+import time
+import xml.etree.ElementTree as ET
+
+AGENT_TARGET = "org.qemu.guest_agent.0"
+
+
+class ChannelError(Exception):
+    """The channel did not answer (busy with libvirtd, gone, or garbled)."""
+
+
+def channel_path(domain_xml):
+    """The unix socket of the domain's guest-agent channel, or None."""
+    root = ET.fromstring(domain_xml)
+    for ch in root.findall("./devices/channel"):
+        target, source = ch.find("target"), ch.find("source")
+        if (ch.get("type") == "unix" and target is not None
+                and target.get("name") == AGENT_TARGET
+                and source is not None and source.get("path")):
+            return source.get("path")
+    return None
+
+
+def call(path, execute, timeout=1.0):
+    """One agent command on the channel at ``path``; returns its ``return``
+    value.  Raises ChannelError when nobody answers within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    sync_id = random.randrange(1, 2**31)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"\xff" + _command("guest-sync-delimited", {"id": sync_id}))
+            reader = _Reader(s, deadline)
+            reader.skip_to_delimiter()
+            if reader.answer() != sync_id:
+                raise ChannelError("guest-sync answered with another id")
+            s.sendall(_command(execute))
+            return reader.answer()
+    except (OSError, ValueError) as e:
+        raise ChannelError(f"agent channel {path}: {e}") from None
+
+
+def _command(execute, arguments=None):
+    cmd = {"execute": execute}
+    if arguments is not None:
+        cmd["arguments"] = arguments
+    return json.dumps(cmd).encode() + b"\n"
+
+
+class _Reader:
+    """Line reader over the socket, bounded by one deadline."""
+
+    def __init__(self, sock, deadline):
+        self.sock, self.deadline, self.buf = sock, deadline, b""
+
+    def _more(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ChannelError("no answer in time (libvirtd may hold the channel)")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            raise ChannelError("no answer in time (libvirtd may hold the channel)") from None
+        if not data:
+            raise ChannelError("the channel closed")
+        self.buf += data
+
+    def skip_to_delimiter(self):
+        while b"\xff" not in self.buf:
+            self.buf = b""
+            self._more()
+        self.buf = self.buf[self.buf.index(b"\xff") + 1:]
+
+    def answer(self):
+        """The next JSON answer's ``return``; an ``error`` answer raises."""
+        while True:
+            while b"\n" not in self.buf:
+                self._more()
+            line, _, self.buf = self.buf.partition(b"\n")
+            line = line.strip(b"\xff \r\t")
+            if not line:
+                continue
+            msg = json.loads(line)
+            if "error" in msg:
+                raise ChannelError(f"qemu-ga: {msg['error'].get('desc', msg['error'])}")
+            if "return" in msg:
+                return msg["return"]
