@@ -34,7 +34,7 @@ from oslo_log import log as logging
 
 from cgsnap import catalog as catalog_mod
 from cgsnap import drivers as drivers_mod
-from cgsnap import exception, lock, manifest, state
+from cgsnap import exception, lock, manifest, runner, state
 from cgsnap.catalog import Catalog
 from cgsnap.cleanup import admin_reset_command, stuck_advice  # noqa: F401 (re-exported)
 from cgsnap.cleanup import delete_volume_members as _delete_volume_members
@@ -84,8 +84,7 @@ def recover_locked(cat, set_id):
     doc = cat.get(set_id)
     was = doc["status"]
     if was == manifest.STATUS_DELETING:
-        from cgsnap import api
-        api.run_delete_flow(set_id)
+        runner.run_delete_flow(set_id)
         return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
                 "action": "deleted", "result": "ok"}
     if was == manifest.STATUS_FAILED:  # a revert that could not finish: retry it
@@ -98,11 +97,10 @@ def recover_locked(cat, set_id):
         return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
                 "action": "cleaned", "result": "ok" if not problems else "incomplete",
                 "detail": "; ".join(problems)}
-    from cgsnap import api
-    detail = api.completable(set_id)
+    detail = runner.completable(set_id)
     if detail is not None:
         try:
-            api.resume_create(detail, set_id)
+            runner.resume_create(detail, set_id)
             return {"id": set_id, "instance_id": doc["instance_id"], "was": was,
                     "action": "completed", "result": "ok"}
         except exception.CgsnapError as e:

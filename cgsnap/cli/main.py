@@ -207,8 +207,9 @@ def run(argv=None, stdout=None, stderr=None):
             for note in notes:
                 stderr.write(f"cgsnap: note: {note}\n")
             if not args.dry_run:
+                from cgsnap import runner
                 from cgsnap.conf import CONF
-                api.prune_logbooks(CONF.logbook_retention_days)
+                runner.prune_logbooks(CONF.logbook_retention_days)
             cols = ["kind", "id", "name", "set_id", "action", "reason"]
             output.emit_list(args.format, cols, [[r[c] for c in cols] for r in rows], stdout)
             for r in rows:

@@ -10,7 +10,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from cgsnap import api, catalog, exception, faults, manifest, naming, plan, recovery, state
+from cgsnap import api, catalog, exception, faults, manifest, naming, plan, recovery, runner, state
 from cgsnap.conf import CONF
 
 
@@ -183,7 +183,7 @@ def test_a_prefix_of_wildcards_matches_nothing(guest):
 def test_logbooks_of_finished_flows_are_pruned(guest):
     doc = api.create_snapshot_set(guest.name)
     api.delete_snapshot_set(doc["id"])
-    names = [b.name for b in api.persistence_backend().get_connection().get_logbooks()]
+    names = [b.name for b in runner.persistence_backend().get_connection().get_logbooks()]
     assert not [n for n in names if doc["id"] in n]
     # their flow and atom details went with them (SQLite enforces the cascade)
     eng = sa.create_engine(CONF.persistence_connection)
@@ -203,9 +203,9 @@ def test_gc_prunes_old_logbooks_of_failed_flows(guest):
     with pytest.raises(exception.CgsnapError):
         api.create_snapshot_set(guest.name)
     [doc] = api.list_snapshot_sets(guest.id)
-    book_uuid = api.logbook_uuid(f"create-{doc['id']}")
-    assert api._create_flow_detail(doc["id"]) is not None
-    assert api.prune_logbooks(30) == 0  # young: kept
+    book_uuid = runner.logbook_uuid(f"create-{doc['id']}")
+    assert runner.create_flow_detail(doc["id"]) is not None
+    assert runner.prune_logbooks(30) == 0  # young: kept
     old = datetime.datetime.utcnow() - datetime.timedelta(days=31)
     eng = sa.create_engine(CONF.persistence_connection)
     try:
@@ -214,8 +214,8 @@ def test_gc_prunes_old_logbooks_of_failed_flows(guest):
                          {"old": old, "u": book_uuid})
     finally:
         eng.dispose()
-    assert api.prune_logbooks(30) >= 1
-    assert api._create_flow_detail(doc["id"]) is None
+    assert runner.prune_logbooks(30) >= 1
+    assert runner.create_flow_detail(doc["id"]) is None
 
 
 def test_the_create_logbook_is_found_without_scanning(guest, monkeypatch):
@@ -224,11 +224,11 @@ def test_the_create_logbook_is_found_without_scanning(guest, monkeypatch):
     with pytest.raises(exception.CgsnapError):
         api.create_snapshot_set(guest.name)
     [doc] = api.list_snapshot_sets(guest.id)
-    conn = api.persistence_backend().get_connection()
+    conn = runner.persistence_backend().get_connection()
     monkeypatch.setattr(type(conn), "get_logbooks",
                         lambda *a, **k: pytest.fail("scanned every logbook"))
-    assert api._create_flow_detail(doc["id"]) is not None
-    assert api._create_flow_detail(set_id) is None
+    assert runner.create_flow_detail(doc["id"]) is not None
+    assert runner.create_flow_detail(set_id) is None
 
 
 # -- defect 2: gc after a live migration (two catalogs, one instance) ---------------------

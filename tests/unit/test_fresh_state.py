@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from cgsnap import api, catalog
+from cgsnap import catalog, runner
 from cgsnap.conf import CONF
 
 
@@ -19,7 +19,7 @@ def test_threads_opening_a_fresh_flow_store_and_catalog_at_once(tmp_path):
 
     def open_both(_):
         start.wait()
-        api.persistence_backend()
+        runner.persistence_backend()
         return catalog.Catalog(CONF.catalog_connection).list()
 
     try:
@@ -32,14 +32,14 @@ def test_threads_opening_a_fresh_flow_store_and_catalog_at_once(tmp_path):
 
 OPEN = """
 import sys, time
-from cgsnap import api, catalog
+from cgsnap import catalog, runner, state
 from cgsnap.conf import CONF
 CONF([], project="cgsnap", default_config_files=[])
 CONF.set_override("state_dir", sys.argv[1])
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)
-api.persistence_backend()
-catalog.Catalog(api.state.catalog_url()).list()
+runner.persistence_backend()
+catalog.Catalog(state.catalog_url()).list()
 """
 
 
