@@ -20,7 +20,10 @@ import jsonschema
 
 from cgsnap import exception
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Every version cgsnap can read; a new field goes into a new version, optional,
+# and the older documents stay readable (their schema is kept).
+READABLE_VERSIONS = (1, 2)
 
 STATUS_CREATING = "creating"
 STATUS_AVAILABLE = "available"
@@ -53,7 +56,8 @@ def schema(version=SCHEMA_VERSION):
 
 
 def new(set_id, name, instance, members, options, root_excluded=False,
-        excluded_volumes=(), skipped_disks=(), hypervisor_uri=None, idempotency_key=None):
+        excluded_volumes=(), skipped_disks=(), hypervisor_uri=None, idempotency_key=None,
+        labels=None):
     """A manifest in status ``creating`` (not yet sealed)."""
     now = isotime()
     return {
@@ -79,6 +83,8 @@ def new(set_id, name, instance, members, options, root_excluded=False,
         "skipped_disks": [dict(d) for d in skipped_disks],
         "options": dict(options),
         "idempotency_key": idempotency_key,
+        "labels": dict(labels or {}),
+        "protected": False,
         "members": [dict(m) for m in members],
         "checksum": "sha256:" + "0" * 64,
     }

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -48,10 +49,44 @@ def test_canonical_json_ignores_key_order_and_checksum():
 
 
 def test_schema_is_shipped_and_versioned():
-    s = manifest.schema(1)
-    assert s["properties"]["schema_version"]["const"] == manifest.SCHEMA_VERSION
-    assert set(s["required"]) >= {"id", "name", "instance_id", "status", "created_at",
-                                  "consistency", "freeze", "members", "checksum"}
+    for version in manifest.READABLE_VERSIONS:
+        s = manifest.schema(version)
+        assert s["properties"]["schema_version"]["const"] == version
+        assert set(s["required"]) >= {"id", "name", "instance_id", "status", "created_at",
+                                      "consistency", "freeze", "members", "checksum"}
+    assert manifest.SCHEMA_VERSION == max(manifest.READABLE_VERSIONS)
+
+
+V1_DOC = os.path.join(os.path.dirname(__file__), "data", "manifest-v1.json")
+
+
+def test_a_stored_v1_manifest_stays_readable(tmp_path):
+    """tests/unit/data/manifest-v1.json was written and sealed by cgsnap before
+    schema v2; it verifies, and the catalog stores and reads it as v1."""
+    with open(V1_DOC) as f:
+        doc = json.load(f)
+    assert doc["schema_version"] == 1 and "labels" not in doc
+    assert manifest.verify(doc) is doc
+    cat = catalog.Catalog(f"sqlite:///{tmp_path}/c.db")
+    cat.create(doc)  # (the catalog seals what it stores: a new updated_at and checksum)
+    stored = cat.get(doc["id"])
+    assert stored["schema_version"] == 1 and "labels" not in stored
+    assert {k: v for k, v in stored.items() if k not in ("updated_at", "checksum")} == \
+        {k: v for k, v in doc.items() if k not in ("updated_at", "checksum")}
+    assert [d["id"] for d in cat.list()] == [doc["id"]]
+
+
+def test_v2_adds_labels_and_protected_and_v1_does_not_take_them():
+    doc = manifest.seal(manifest.new(SET_ID, "nightly", INSTANCE, [], {}, labels={"tier": "db"}))
+    assert doc["schema_version"] == 2
+    assert (doc["labels"], doc["protected"]) == ({"tier": "db"}, False)
+    with open(V1_DOC) as f:
+        v1 = json.load(f)
+    v1["labels"] = {"tier": "db"}
+    with pytest.raises(exception.IntegrityError, match="labels"):
+        manifest.validate(v1)
+    with pytest.raises(exception.IntegrityError):
+        manifest.seal(dict(doc, labels={"bad key!": "x"}))
 
 
 def test_catalog_round_trip_and_integrity(tmp_path):
