@@ -30,7 +30,8 @@ def _options(**kwargs):
 
 def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volumes=(),
                         exclude_root=False, allow_crash_consistent=None, timeout=None,
-                        idempotency_key=None, memory=False, allow_shared_volumes=False):
+                        idempotency_key=None, memory=False, allow_shared_volumes=False,
+                        labels=None):
     """Take one instance-level snapshot set; return its manifest.
 
     Raises a :class:`~cgsnap.exception.CgsnapError` (with its exit code) on
@@ -38,6 +39,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
     ``failed``.  :class:`~cgsnap.exception.CleanupIncomplete` means the revert
     could not remove everything; the message names what is left.
     """
+    labels = check_labels(labels)
     drv = drivers_mod.get()
     instance = drv.hypervisor.get_instance(instance_ref)
     if name is not None:
@@ -53,6 +55,7 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        allow_crash_consistent=bool(allow_crash_consistent),
                        idempotency_key=idempotency_key, memory=bool(memory),
                        allow_shared_volumes=bool(allow_shared_volumes) or None,
+                       labels=labels or None,
                        freeze_timeout=timeout or CONF.libvirt.freeze_timeout,
                        local_disks=CONF.snapshot.local_disks,
                        wait_timeout=CONF.snapshot.wait_timeout)
@@ -215,31 +218,120 @@ def _none_left(set_id, what, list_members):
             + ", ".join(x["id"] for x in left) + " (run 'cgsnap recover' when the service is back)")
 
 
-def delete_snapshot_set(set_id_or_prefix):
-    """Delete every member of a set, then its manifest."""
+def check_labels(labels):
+    """``labels`` ({key: value}) as a manifest stores them; refuses bad ones
+    before anything happens."""
+    import re
+    out = {}
+    for key, value in (labels or {}).items():
+        if not isinstance(key, str) or not re.fullmatch(manifest.LABEL_KEY_RE, key):
+            raise exception.Refused(f"label key {key!r}: 1-63 letters, digits, '_', '.', '-', "
+                                    "starting with a letter or digit")
+        if not isinstance(value, str) or len(value) > 255 or not value.isprintable():
+            raise exception.Refused(f"label {key}: the value must be printable, at most 255 "
+                                    "characters")
+        out[key] = value
+    return out
+
+
+def delete_snapshot_set(set_id_or_prefix, force=False):
+    """Delete every member of a set, then its manifest.  A protected set is
+    refused unless ``force`` (which never overrides the check that a file is
+    in use)."""
     cat = catalog()
     doc = cat.find(set_id_or_prefix)
+    if doc.get("protected") and not force:
+        raise exception.Refused(f"set {doc['id']} is protected: run 'cgsnap unprotect "
+                                f"{doc['id'][:8]}' first, or delete it with --force")
     with lock.instance_lock(doc["instance_id"], "delete", CONF.lock_wait):
         runner.run_delete_flow(doc["id"])
     return doc
 
 
+def protect_snapshot_set(set_id_or_prefix, protected=True):
+    """Mark a set protected (never pruned, deleted only with --force), or not."""
+    cat = catalog()
+    doc = cat.find(set_id_or_prefix)
+    with lock.instance_lock(doc["instance_id"], "protect", CONF.lock_wait):
+        doc = manifest.current(cat.get(doc["id"]))
+        if doc["status"] in (manifest.STATUS_DELETING, manifest.STATUS_ERROR_DELETING) \
+                and protected:
+            raise exception.Refused(f"set {doc['id']} is {doc['status']}: it cannot be "
+                                    "protected")
+        doc["protected"] = bool(protected)
+        return cat.save(doc)
+
+
+def prune(policy, instance_ref=None, dry_run=False, now=None):
+    """Apply a retention policy (:func:`cgsnap.retention.plan`) to the sets of
+    this catalog (of one instance, or all), newest first per instance; delete
+    what it removes through the delete flow, going on past a failure.  Returns
+    one row per set: ``{"id", "instance_id", "created_at", "status", "keep",
+    "reason", "result"}``, where ``result`` is ``kept``, ``deleted``,
+    ``would delete`` (dry run), ``busy`` (a member has volumes made from it:
+    kept, not a failure) or ``failed: <why>``."""
+    import datetime
+
+    from cgsnap import retention
+    instance_id = _instance_id(instance_ref)
+    docs = catalog().list(instance_id=instance_id, corrupt=True)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    try:
+        decisions = retention.plan(docs, policy, now)
+    except ValueError as e:
+        raise exception.Refused(str(e)) from None
+    by_id = {d["id"]: d for d in docs}
+    busy = _busy_snapshots(docs, decisions) if not dry_run else set()
+    rows = []
+    for set_id, keep, reason in decisions:
+        doc = by_id[set_id]
+        row = {"id": set_id, "instance_id": doc.get("instance_id"),
+               "created_at": doc.get("created_at"), "status": doc.get("status"),
+               "keep": keep, "reason": reason, "result": "kept"}
+        if not keep:
+            if dry_run:
+                row["result"] = "would delete"
+            elif any(m.get("snapshot_id") in busy for m in doc.get("members", [])):
+                row.update(keep=True, reason="busy", result="busy")
+            else:
+                try:
+                    delete_snapshot_set(set_id)
+                    row["result"] = "deleted"
+                except exception.CgsnapError as e:
+                    row["result"] = f"failed: {e}"
+        rows.append(row)
+    return rows
+
+
+def _busy_snapshots(docs, decisions):
+    """Snapshot ids, among the sets the plan removes, that have volumes made
+    from them (Cinder refuses to delete those)."""
+    removed = {sid for sid, keep, _ in decisions if not keep}
+    if not any(m.get("kind") == manifest.KIND_CINDER_SNAPSHOT
+               for d in docs if d["id"] in removed for m in d.get("members", [])):
+        return set()
+    try:
+        return set(drivers_mod.get().volumes.volumes_by_source_snapshot())
+    except (exception.CgsnapError, AttributeError) as e:
+        LOG.warning("prune: cannot tell which snapshots have dependent volumes: %s", e)
+        return set()
+
+
+def _instance_id(instance_ref):
+    """The UUID of ``instance_ref`` (a UUID is taken as it is: the instance may be gone)."""
+    if not instance_ref:
+        return None
+    from cgsnap.drivers.libvirt_driver import is_uuid
+    return instance_ref if is_uuid(instance_ref) else \
+        drivers_mod.get().hypervisor.get_instance(instance_ref)["id"]
+
+
 def recover(instance_ref=None):
-    instance_id = None
-    if instance_ref:
-        from cgsnap.drivers.libvirt_driver import is_uuid
-        instance_id = instance_ref if is_uuid(instance_ref) else \
-            drivers_mod.get().hypervisor.get_instance(instance_ref)["id"]
-    return recovery.recover(instance_id)
+    return recovery.recover(_instance_id(instance_ref))
 
 
 def list_snapshot_sets(instance_ref=None, status=None):
-    instance_id = None
-    if instance_ref:
-        from cgsnap.drivers.libvirt_driver import is_uuid
-        instance_id = instance_ref if is_uuid(instance_ref) else \
-            drivers_mod.get().hypervisor.get_instance(instance_ref)["id"]
-    return catalog().list(instance_id=instance_id, status=status, corrupt=True)
+    return catalog().list(instance_id=_instance_id(instance_ref), status=status, corrupt=True)
 
 
 def show_snapshot_set(set_id_or_prefix):

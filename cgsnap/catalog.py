@@ -48,6 +48,9 @@ manifests = sa.Table(
     # The idempotency key while the set is live (creating/available), else NULL;
     # unique with instance_id: one live set per key.
     sa.Column("live_key", sa.String(255), nullable=True),
+    # The manifest's `protected` (schema v2; revision 0003): never pruned, and
+    # deleted only with --force.
+    sa.Column("protected", sa.Boolean, nullable=False, server_default=sa.false(), index=True),
 )
 
 meta = sa.Table(
@@ -198,6 +201,7 @@ class Catalog:
             "updated_at": sealed["updated_at"], "idempotency_key": sealed.get("idempotency_key"),
             "live_key": (sealed.get("idempotency_key")
                          if sealed["status"] in LIVE_KEY_STATUSES else None),
+            "protected": bool(sealed.get("protected")),
             "body": json.dumps(sealed, sort_keys=True, ensure_ascii=False),
         }
         try:

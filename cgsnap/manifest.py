@@ -90,6 +90,19 @@ def new(set_id, name, instance, members, options, root_excluded=False,
     }
 
 
+LABEL_KEY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def current(doc):
+    """``doc`` in the current schema version (a copy): a v1 manifest gains v2's
+    optional fields with their defaults.  Only for a document about to be
+    changed and re-sealed; reading never rewrites."""
+    out = copy.deepcopy(doc)
+    if out.get("schema_version", SCHEMA_VERSION) < 2:
+        out.update(schema_version=2, labels={}, protected=False)
+    return out
+
+
 def canonical_json(doc):
     """The bytes the checksum covers: every field but ``checksum``."""
     body = {k: v for k, v in doc.items() if k != "checksum"}

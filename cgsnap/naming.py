@@ -40,6 +40,7 @@ META_SET_NAME = "cgsnap_set_name"
 # The random id of the catalog that owns the member (see cgsnap.db, revision 0002):
 # gc collects only its own catalog's members.
 META_CATALOG_ID = "cgsnap_catalog_id"
+META_LABEL_PREFIX = "cgsnap_label_"  # + the label's key: a member carries its set's labels
 
 _MEMBER_RE = re.compile(
     r"^cgsnap-(?P<instance>[0-9a-f]{8})-(?P<set>[0-9a-f]{8})-(?P<role>root|vol)-(?P<device>[a-z0-9]{1,32})$"
@@ -133,7 +134,7 @@ def default_set_name(instance_name, when):
 
 
 def member_metadata(set_id, instance_id, role, device, schema_version, set_name=None,
-                    catalog_id=None):
+                    catalog_id=None, labels=None):
     """Metadata stored on a member (all values are strings, <= 255 chars)."""
     meta = {
         META_SET_ID: str(set_id),
@@ -146,6 +147,8 @@ def member_metadata(set_id, instance_id, role, device, schema_version, set_name=
         meta[META_SET_NAME] = utf8mb3_safe(set_name)
     if catalog_id:
         meta[META_CATALOG_ID] = str(catalog_id)
+    for key, value in sorted((labels or {}).items()):
+        meta[META_LABEL_PREFIX + key] = utf8mb3_safe(value)
     return meta
 
 

@@ -69,7 +69,11 @@ def plan(sets, policy, now):
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     pol = _checked(policy)
-    tz = zoneinfo.ZoneInfo(pol["timezone"]) if pol["timezone"] else None
+    try:
+        tz = zoneinfo.ZoneInfo(pol["timezone"]) if pol["timezone"] else None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {pol['timezone']!r} (give an IANA name such as "
+                         "Europe/Berlin)") from None
     decided = {}
     by_instance = {}
     seen = set()

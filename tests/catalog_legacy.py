@@ -90,6 +90,16 @@ def check_upgraded(url, ids):
         pass
     else:
         raise AssertionError("a second live set for key 'k' was accepted")
+    # revision 0003: the protected column, false for every old row, mirrors the manifest
+    with cat.engine.connect() as conn:
+        flags = set(conn.execute(sa.select(catalog.manifests.c.protected)).scalars())
+    assert flags == {False}
+    kept = dict(cat.get(ids["k-newest-available"]))
+    kept.update(schema_version=manifest.SCHEMA_VERSION, labels={}, protected=True)
+    cat.save(kept)
+    with cat.engine.connect() as conn:
+        assert conn.execute(sa.select(catalog.manifests.c.id).where(
+            catalog.manifests.c.protected.is_(True))).scalars().all() == [kept["id"]]
     catalog._engines.pop(url, None)  # opening it again changes nothing
     catalog._catalog_ids.pop(url, None)
     again = catalog.Catalog(url)

@@ -35,6 +35,36 @@ exit codes:
   4 refused by a pre-check (nothing was frozen or created)"""
 
 
+def _label(text):
+    """``K=V`` (argparse type)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a label as KEY=VALUE")
+    return key, value
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text):
+    """``90m``, ``36h``, ``2d``, ``1w2d``, ``3600`` (seconds) -> seconds (argparse type)."""
+    import re
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip().lower())
+    if not parts or "".join(a + b for a, b in parts) != text.strip().lower():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration such as 36h, 2d or 1w2d")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def _count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 0 or more")
+    return n
+
+
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-f", "--format", choices=output.FORMATS, default="table",
@@ -86,6 +116,9 @@ def _parser():
                    help="longest freeze in seconds (default: [libvirt]freeze_timeout)")
     c.add_argument("--idempotency-key", metavar="KEY",
                    help="a retried call with the same key returns the set already made")
+    c.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
+                   help="a label of the set (repeatable): stored in the manifest and in each "
+                        "member's metadata (cgsnap_label_KEY); 'prune --label' selects by it")
 
     ls = sub.add_parser("list", parents=[common], help="list snapshot sets")
     ls.add_argument("--instance", metavar="INSTANCE", help="only this instance (name or UUID)")
@@ -127,7 +160,57 @@ def _parser():
 
     d = sub.add_parser("delete", help="delete sets: every member, then the manifest")
     d.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
+    d.add_argument("--force", action="store_true",
+                   help="also delete protected sets (never a file a guest still uses)")
+
+    for verb, what in (("protect", "never pruned, deleted only with 'delete --force'"),
+                       ("unprotect", "prunable and deletable again")):
+        pr = sub.add_parser(verb, parents=[common], help=f"mark sets {verb}ed: {what}")
+        pr.add_argument("set_ids", nargs="+", metavar="SNAPSHOT_SET_ID")
+
+    pn = sub.add_parser(
+        "prune", parents=[common], help="delete old sets by a retention policy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Keep what the rules keep and delete the rest, for each instance separately.
+The period rules are Proxmox VE's prune-backups rules: applied in the order
+below, newest set first, in local time (--timezone), with ISO weeks; in each
+period the newest set is kept until N periods are covered, and a period an
+earlier rule covered is skipped.
+
+Only 'available' sets whose manifest verifies are good and count toward a
+rule; failed sets never count and go by --keep-failed.  --keep-within is
+measured from the newest good set, not from now.  Whatever the rules say,
+at least --min-keep good sets of each instance stay.  Protected sets, sets
+still 'creating' or 'deleting' and corrupt ones are always kept.  A set whose
+snapshots have volumes made from them is kept as 'busy'.  Deletes go on past
+a failure; every failure is reported and the exit code is 10.""")
+    pn.add_argument("--instance", metavar="INSTANCE", help="only this instance (name or UUID)")
+    for rule, what in (("last", "the N newest sets"), ("hourly", "one set for each of N hours"),
+                       ("daily", "... N days"), ("weekly", "... N ISO weeks"),
+                       ("monthly", "... N months"), ("yearly", "... N years")):
+        pn.add_argument(f"--keep-{rule}", type=_count, default=0, metavar="N",
+                        help=f"keep {what}")
+    pn.add_argument("--keep-within", type=_duration, metavar="DURATION",
+                    help="keep every good set this much younger than the newest good set "
+                         "(36h, 2d, 1w2d)")
+    pn.add_argument("--keep-failed", type=_count, default=0, metavar="N",
+                    help="keep the N newest failed sets (default 0)")
+    pn.add_argument("--min-keep", type=_count, default=1, metavar="N",
+                    help="never fewer than N good sets of an instance (default 1)")
+    pn.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
+                    help="only sets with this label (repeatable: all of them)")
+    pn.add_argument("--timezone", metavar="TZ",
+                    help="IANA time zone of the periods (default: the host's)")
+    pn.add_argument("--dry-run", action="store_true",
+                    help="delete nothing: print every set with keep or remove and why")
+    pn.add_argument("--no-rules-delete-all", dest="allow_empty", action="store_true",
+                    help="without any --keep-* rule, delete every set (down to --min-keep); "
+                         "refused otherwise")
     return p
+
+
+PRUNE_COLUMNS = ["id", "instance_id", "created_at", "status", "keep", "reason", "result"]
 
 
 def _summary(doc):
@@ -181,7 +264,7 @@ def run(argv=None, stdout=None, stderr=None):
                 exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
                 allow_crash_consistent=args.allow_crash, timeout=args.timeout,
                 idempotency_key=args.idempotency_key, memory=args.memory,
-                allow_shared_volumes=args.allow_shared_volumes)
+                allow_shared_volumes=args.allow_shared_volumes, labels=dict(args.label))
             output.emit_doc(args.format, doc, stdout, _summary(doc))
         elif args.command == "list":
             docs = api.list_snapshot_sets(args.instance, args.status)
@@ -221,12 +304,30 @@ def run(argv=None, stdout=None, stderr=None):
             rc = exception.EXIT_OK
             for set_id in args.set_ids:
                 try:
-                    doc = api.delete_snapshot_set(set_id)
+                    doc = api.delete_snapshot_set(set_id, force=args.force)
                     stdout.write(f"deleted {doc['id']} ({len(doc['members'])} members)\n")
                 except exception.CgsnapError as e:
                     stderr.write(f"cgsnap: error: {e}\n")
                     rc = e.exit_code
             return rc
+        elif args.command in ("protect", "unprotect"):
+            rows = [api.protect_snapshot_set(s, args.command == "protect") for s in args.set_ids]
+            output.emit_list(args.format, ["id", "name", "protected"],
+                             [[d["id"], d["name"], d["protected"]] for d in rows], stdout)
+        elif args.command == "prune":
+            policy = {f"keep_{r}": getattr(args, f"keep_{r}") for r in
+                      ("last", "hourly", "daily", "weekly", "monthly", "yearly")}
+            policy.update(keep_within=args.keep_within, keep_failed=args.keep_failed,
+                          min_keep=args.min_keep, labels=dict(args.label),
+                          timezone=args.timezone, allow_empty=args.allow_empty)
+            rows = api.prune(policy, args.instance, dry_run=args.dry_run)
+            output.emit_list(args.format, PRUNE_COLUMNS,
+                             [[r[c] for c in PRUNE_COLUMNS] for r in rows], stdout)
+            failed = [r for r in rows if r["result"].startswith("failed")]
+            for r in failed:
+                stderr.write(f"cgsnap: error: set {r['id']}: {r['result']}\n")
+            if failed:
+                return exception.EXIT_CLEANUP
         return exception.EXIT_OK
     except exception.CgsnapError as e:
         stderr.write(f"cgsnap: error: {e}\n")

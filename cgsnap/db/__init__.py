@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 VERSION_TABLE = "cgsnap_alembic_version"
 BASELINE = "0001"     # the schema of cgsnap before Alembic (metadata.create_all)
-HEAD = "0002"         # keep in step with the newest file in migrations/versions
+HEAD = "0003"         # keep in step with the newest file in migrations/versions
 MANIFESTS = "cgsnap_manifests"
 
 

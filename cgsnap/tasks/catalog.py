@@ -41,7 +41,8 @@ class RecordSet(CgsnapTask):
             excluded_volumes=options.get("exclude_volumes") or (),
             skipped_disks=skipped,
             hypervisor_uri=self.drivers.hypervisor.uri,
-            idempotency_key=options.get("idempotency_key"))
+            idempotency_key=options.get("idempotency_key"),
+            labels=options.get("labels"))
         return cat.create(doc)
 
     def revert(self, set_id, result, flow_failures=None, **kwargs):

@@ -76,7 +76,8 @@ class UploadRootImage(CgsnapTask):
                 meta = naming.member_metadata(
                     set_id, manifest["instance_id"], m["role"], m["device"],
                     manifest_mod.SCHEMA_VERSION, manifest["name"],
-                    catalog_id=catalog.Catalog(state.catalog_url()).catalog_id)
+                    catalog_id=catalog.Catalog(state.catalog_url()).catalog_id,
+                    labels=manifest.get("labels"))
                 img = self.drivers.images.upload_image(m["name"], local_copies[m["device"]]["path"],
                                                        meta)
             try:

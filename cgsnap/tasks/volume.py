@@ -433,7 +433,8 @@ def member_metadata(set_id, manifest, member):
     return naming.member_metadata(set_id, manifest["instance_id"], member["role"],
                                   member["device"], manifest_mod.SCHEMA_VERSION,
                                   manifest["name"],
-                                  catalog_id=catalog_mod.Catalog(state.catalog_url()).catalog_id)
+                                  catalog_id=catalog_mod.Catalog(state.catalog_url()).catalog_id,
+                                  labels=manifest.get("labels"))
 
 
 def _member_view(snap):
