@@ -169,3 +169,64 @@ def test_prune_with_a_label_touches_only_those_sets(run, guest):
     rc, out, err = run("prune", "--keep-last", "1", "--label", "policy=nightly", "-f", "json")
     assert rc == 0, err
     assert sorted(d["id"] for d in api.list_snapshot_sets()) == sorted([nightly[1], other])
+
+
+def test_a_simulated_month_of_nightly_runs_never_loses_the_last_good_set(guest, monkeypatch,
+                                                                         capsys):
+    """30 nights of `create --label policy=nightly` then `prune --keep-daily 7
+    --keep-weekly 4 --label policy=nightly`, a third of the creates failing (a
+    Cinder fault), a whole failed week in the middle, a manual set now and then;
+    the clock is injected, nothing sleeps."""
+    import datetime
+    import random
+
+    from cgsnap import cleanup
+    # a revert watches for late snapshots for SETTLE_S; the fake backend has none
+    monkeypatch.setattr(cleanup.delete_volume_members, "__defaults__", (None, 0.05))
+    rng = random.Random(20261204)
+    start = datetime.datetime(2026, 11, 1, 2, 0, tzinfo=datetime.timezone.utc)
+    policy = {"keep_daily": 7, "keep_weekly": 4, "min_keep": 2, "labels": {"policy": "nightly"},
+              "timezone": "Europe/Berlin"}
+    taken = failed = pruned = 0
+    fewest = None
+    manual = []
+    for day in range(30):
+        now = start + datetime.timedelta(days=day, minutes=rng.randint(0, 50))
+        monkeypatch.setattr(manifest, "utcnow", lambda now=now: now)
+        fails = 10 <= day < 17 or rng.random() < 1 / 3
+        if fails:
+            faults.arm("volume.create_snapshot", "raise@2")
+        try:
+            api.create_snapshot_set(guest.name, labels={"policy": "nightly"})
+            taken += 1
+        except exception.CgsnapError as e:
+            assert e.exit_code == exception.EXIT_SNAPSHOT_FAILED, e
+            failed += 1
+        finally:
+            faults.reset()
+        if day % 9 == 4:
+            manual.append(api.create_snapshot_set(guest.name, labels={"policy": "manual"})["id"])
+        before = {d["id"]: d for d in api.list_snapshot_sets()}
+        good_before = [d for d in before.values() if d["status"] == "available"
+                       and d.get("labels") == {"policy": "nightly"}]
+        rows = api.prune(policy, now=now)
+        assert not [r for r in rows if r["result"].startswith("failed")]
+        pruned += sum(r["result"] == "deleted" and r["status"] == "available" for r in rows)
+        after = {d["id"]: d for d in api.list_snapshot_sets()}
+        good = [d for d in after.values() if d["status"] == "available"
+                and d.get("labels") == {"policy": "nightly"}]
+        assert len(good) >= min(2, len(good_before)), f"day {day}: below the floor"
+        if good_before:
+            newest = max(good_before, key=lambda d: d["created_at"])
+            assert newest["id"] in after, f"day {day}: the newest good set was removed"
+        assert all(m in after for m in manual), f"day {day}: a manual set was touched"
+        assert not [d for d in after.values() if d["status"] == "failed"]  # keep_failed 0
+        if len(good_before) >= 2:  # from the day the floor can be met
+            fewest = len(good) if fewest is None else min(fewest, len(good))
+    with capsys.disabled():
+        print(f"\nsimulated month: {taken} sets taken, {failed} failed (removed by prune), "
+              f"{pruned} good sets pruned, fewest good nightly sets once there were 2: "
+              f"{fewest}; kept at the end: {len(good)} (keep-daily 7, keep-weekly 4, "
+              f"min-keep 2)")
+    assert taken + failed == 30 and failed >= 7 and pruned > 0
+    assert fewest >= 2

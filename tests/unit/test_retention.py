@@ -240,3 +240,104 @@ def test_properties_of_any_plan(sets, policy, tz):
     again = {sid: keep for sid, keep, _ in retention.plan(without, dict(policy, timezone=tz),
                                                           NOW)}
     assert again == {s["id"]: d[s["id"]] for s in without}
+
+
+# -- the table: each case computed by hand from the rules in the module docstring --
+# A set is "ISO[ flag...]": flags failed, creating, deleting, protected, corrupt,
+# label:K=V.  `expect` has one letter per set, in the order given: K kept, R removed.
+# Policies default to min_keep 0 (the floor has its own rows) and time zone UTC;
+# "now" is an hour after the newest set unless the case gives one.
+
+TABLE = [
+    ("keep-last 1", {"keep_last": 1}, ["2026-12-04T02", "2026-12-03T02"], "KR"),
+    ("keep-last more than there are", {"keep_last": 5}, ["2026-12-04T02", "2026-12-03T02",
+                                                         "2026-12-02T02"], "KKK"),
+    ("keep-daily: the newest of the day", {"keep_daily": 1},
+     ["2026-12-04T10", "2026-12-04T02", "2026-12-03T02"], "KRR"),
+    ("keep-daily counts days that have sets, not calendar days", {"keep_daily": 3},
+     ["2026-12-04T10", "2026-12-04T02", "2026-12-03T02", "2026-12-01T02"], "KRKK"),
+    ("keep-hourly", {"keep_hourly": 2},
+     ["2026-12-04T10:30", "2026-12-04T10:10", "2026-12-04T09:50", "2026-12-04T08:00"], "KRKR"),
+    ("keep-hourly across midnight", {"keep_hourly": 2},
+     ["2026-12-04T00:10", "2026-12-03T23:50"], "KK"),
+    ("keep-weekly: Monday and Thursday share an ISO week", {"keep_weekly": 1},
+     ["2026-12-03T02", "2026-11-30T02", "2026-11-29T02"], "KRR"),
+    ("ISO week 53 spans the new year", {"keep_weekly": 2},
+     ["2027-01-03T02", "2026-12-28T02", "2026-12-27T02"], "KRK"),
+    ("keep-monthly", {"keep_monthly": 1}, ["2026-11-30T02", "2026-11-01T02"], "KR"),
+    ("keep-monthly across the year", {"keep_monthly": 2},
+     ["2027-01-02T02", "2026-12-31T02", "2026-12-01T02"], "KKR"),
+    ("keep-yearly 1", {"keep_yearly": 1}, ["2026-01-01T02", "2025-12-31T02"], "KR"),
+    ("keep-yearly 2", {"keep_yearly": 2}, ["2026-01-01T02", "2025-12-31T02"], "KK"),
+    ("keep-last then keep-daily skips the covered day", {"keep_last": 1, "keep_daily": 2},
+     ["2026-12-04T10", "2026-12-04T02", "2026-12-03T02", "2026-12-02T02", "2026-12-01T02"],
+     "KRKKR"),
+    ("keep-daily then keep-weekly", {"keep_daily": 1, "keep_weekly": 2},
+     ["2026-12-03T10", "2026-12-03T02", "2026-12-02T02", "2026-11-29T02", "2026-11-28T02"],
+     "KRRKR"),
+    ("keep-weekly then keep-monthly", {"keep_weekly": 1, "keep_monthly": 2},
+     ["2026-12-03T02", "2026-11-30T02", "2026-11-20T02", "2026-10-31T02"], "KRKK"),
+    ("ties inside a period under keep-last and keep-daily", {"keep_last": 2, "keep_daily": 1},
+     ["2026-12-04T10", "2026-12-04T09", "2026-12-04T08", "2026-12-03T02"], "KKRK"),
+    ("the floor tops up with the newest", {"keep_last": 1, "min_keep": 2},
+     ["2026-12-04T02", "2026-12-03T02", "2026-12-02T02"], "KKR"),
+    ("the floor skips failed sets", {"keep_last": 1, "min_keep": 2},
+     ["2026-12-04T02", "2026-12-03T02 failed", "2026-12-02T02", "2026-12-01T02"], "KRKR"),
+    ("failed sets interleaved never count", {"keep_last": 2},
+     ["2026-12-04T02 failed", "2026-12-03T02", "2026-12-02T02 failed", "2026-12-01T02"],
+     "RKRK"),
+    ("keep-failed keeps the newest failed", {"keep_last": 1, "keep_failed": 1},
+     ["2026-12-04T02 failed", "2026-12-03T02 failed", "2026-12-02T02"], "KRK"),
+    ("protected sets count toward nothing", {"keep_last": 1},
+     ["2026-12-04T02 protected", "2026-12-03T02", "2026-12-02T02"], "KKR"),
+    ("unfinished sets are kept and count toward nothing", {"keep_last": 1},
+     ["2026-12-04T02 creating", "2026-12-03T02", "2026-12-02T02 deleting", "2026-12-01T02"],
+     "KKKR"),
+    ("a corrupt set is kept and counts toward nothing", {"keep_last": 1},
+     ["2026-12-04T02 corrupt", "2026-12-03T02", "2026-12-02T02"], "KKR"),
+    ("keep-within from the newest good set, past the failures", {"keep_within": 86400},
+     ["2026-12-04T02 failed", "2026-12-01T02", "2026-11-30T03", "2026-11-29T02"], "RKKR"),
+    ("keep-within after the rules", {"keep_last": 1, "keep_within": 2 * 86400},
+     ["2026-12-04T02", "2026-12-03T02", "2026-12-02T01", "2026-12-01T02"], "KKRR"),
+    ("a policy that keeps nothing, told so, floor 0", {"allow_empty": True},
+     ["2026-12-04T02", "2026-12-03T02"], "RR"),
+    ("a policy that keeps nothing keeps the floor", {"allow_empty": True, "min_keep": 1},
+     ["2026-12-04T02", "2026-12-03T02"], "KR"),
+    ("labels: other sets are untouched", {"keep_last": 1, "labels": {"a": "1"}},
+     ["2026-12-04T02 label:a=1", "2026-12-03T02 label:b=2", "2026-12-02T02 label:a=1"], "KKR"),
+    ("DST spring-forward day in Berlin", {"keep_daily": 2, "timezone": "Europe/Berlin"},
+     ["2026-03-29T22:30", "2026-03-29T10:00", "2026-03-28T23:30"], "KKR"),
+    ("the same sets by UTC days", {"keep_daily": 2},
+     ["2026-03-29T22:30", "2026-03-29T10:00", "2026-03-28T23:30"], "KRK"),
+    ("New York days", {"keep_daily": 2, "timezone": "America/New_York"},
+     ["2026-12-04T03", "2026-12-03T10", "2026-12-02T10"], "KRK"),
+    ("a set stamped in the future counts as now", {"keep_last": 1, "now": "2026-12-04T12"},
+     ["2026-12-05T02", "2026-12-04T02"], "KR"),
+]
+
+
+def _table_set(spec):
+    when, *flags = spec.split()
+    status = next((f for f in flags if f in ("failed", "creating", "deleting")), "available")
+    labels = dict(f[6:].split("=") for f in flags if f.startswith("label:"))
+    doc = _set(datetime.datetime.fromisoformat(when).replace(tzinfo=UTC), status=status,
+               labels=labels, protected="protected" in flags)
+    return dict(doc, name="tampered") if "corrupt" in flags else doc
+
+
+@pytest.mark.parametrize("name,policy,specs,expect", TABLE, ids=[c[0] for c in TABLE])
+def test_the_table(name, policy, specs, expect):
+    sets = [_table_set(s) for s in specs]
+    policy = dict(policy)
+    now = policy.pop("now", None)
+    now = (datetime.datetime.fromisoformat(now).replace(tzinfo=UTC) if now else
+           max(datetime.datetime.fromisoformat(s.split()[0]) for s in specs)
+           .replace(tzinfo=UTC) + datetime.timedelta(hours=1))
+    policy.setdefault("min_keep", 0)
+    policy.setdefault("timezone", "UTC")
+    got = "".join("K" if keep else "R" for _, keep, _ in retention.plan(sets, policy, now))
+    assert got == expect, [r for _, _, r in retention.plan(sets, policy, now)]
+
+
+def test_the_table_is_large_enough():
+    assert len(TABLE) >= 30
