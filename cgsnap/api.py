@@ -334,6 +334,12 @@ def list_snapshot_sets(instance_ref=None, status=None):
     return catalog().list(instance_id=_instance_id(instance_ref), status=status, corrupt=True)
 
 
+def verify_snapshot_sets(set_ids=None):
+    """:func:`cgsnap.verify.verify` on this catalog: the sets named, or all."""
+    from cgsnap import verify
+    return verify.verify(catalog(), set_ids)
+
+
 def show_snapshot_set(set_id_or_prefix):
     return catalog().find(set_id_or_prefix)
 

@@ -93,6 +93,16 @@ def new(set_id, name, instance, members, options, root_excluded=False,
 LABEL_KEY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
+def sha256_file(path):
+    """The hex sha256 of a member's file (a local copy, a memory image), as
+    the manifest records it and ``cgsnap verify`` checks it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def current(doc):
     """``doc`` in the current schema version (a copy): a v1 manifest gains v2's
     optional fields with their defaults.  Only for a document about to be

@@ -79,7 +79,8 @@ class FinalizeSet(CgsnapTask):
                          size_gb=max(1, -(-(img["size"] or 0) // (1 << 30))))
             if copy:
                 m.update(path=copy["path"], status="available",
-                         size_gb=max(1, -(-copy["size_bytes"] // (1 << 30))))
+                         size_gb=max(1, -(-copy["size_bytes"] // (1 << 30))),
+                         size_bytes=copy["size_bytes"], sha256=copy.get("sha256"))
             if m.get("volume_id") and m["volume_id"] in (shared_volumes or ()):
                 # --allow-shared-volumes: another instance may write to it
                 m["consistency"] = manifest_mod.CONSISTENCY_CRASH

@@ -9,7 +9,6 @@ original is copied to a standalone qcow2 in ``local_dir/<set id>/`` and the
 overlay is block-committed back, so the guest's disk chain ends as it began.
 """
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -252,7 +251,9 @@ class ExportLocalDisks(CgsnapTask):
                 diskuse.remove_file(p["overlay"], hypervisor=hyp)
             except diskuse.InUse as e:  # the copy is good; the set's delete retries this
                 LOG.warning("kept the overlay of %s: %s", dev, e)
-            out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"])}
+            # after the thaw: what `cgsnap verify` checks the copy against later
+            out[dev] = {"path": p["copy"], "size_bytes": os.path.getsize(p["copy"]),
+                        "sha256": manifest_mod.sha256_file(p["copy"])}
         return out
 
 
@@ -266,12 +267,9 @@ class RecordMemoryImage(CgsnapTask):
         if not memory_plan:
             return None
         state.secure_file(memory_plan["path"])  # the guest's RAM: keys, passwords
-        digest = hashlib.sha256()
-        with open(memory_plan["path"], "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
         return dict(memory_plan, size_bytes=os.path.getsize(memory_plan["path"]),
-                    sha256=digest.hexdigest(), captured_at=freeze["frozen_at"])
+                    sha256=manifest_mod.sha256_file(memory_plan["path"]),
+                    captured_at=freeze["frozen_at"])
 
 
 class DeleteLocalCopies(CgsnapTask):

@@ -40,6 +40,23 @@ def guest(tmp_path):
     return Guest(tmp_path)
 
 @pytest.fixture
+def cli_run(guest, tmp_path):
+    """The CLI in-process with a config file of its own: (exit code, stdout, stderr)."""
+    import io
+
+    from cgsnap.cli import main as cli
+    conf = tmp_path / "cgsnap.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/clistate\n[libvirt]\nuri = {guest.uri}\n")
+
+    def _run(*argv, config=True):
+        out, err = io.StringIO(), io.StringIO()
+        args = (["--config-file", str(conf)] if config else []) + list(argv)
+        rc = cli.run(args, stdout=out, stderr=err)
+        return rc, out.getvalue(), err.getvalue()
+    return _run
+
+
+@pytest.fixture
 def make_guest(tmp_path):
     return lambda **kw: Guest(tmp_path, **kw)
 

@@ -1,27 +1,17 @@
 """The CLI in-process on the test driver + in-memory storage: output formats,
 exit codes, one-line errors."""
 
-import io
 import json
 
 import pytest
 import yaml
 
 from cgsnap import exception, faults
-from cgsnap.cli import main as cli
 
 
 @pytest.fixture
-def run(guest, tmp_path):
-    conf = tmp_path / "cgsnap.conf"
-    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/clistate\n[libvirt]\nuri = {guest.uri}\n")
-
-    def _run(*argv, config=True):
-        out, err = io.StringIO(), io.StringIO()
-        args = (["--config-file", str(conf)] if config else []) + list(argv)
-        rc = cli.run(args, stdout=out, stderr=err)
-        return rc, out.getvalue(), err.getvalue()
-    return _run
+def run(cli_run):
+    return cli_run
 
 
 def test_help_and_version(run, capsys):

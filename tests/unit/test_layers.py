@@ -20,6 +20,8 @@ FORBIDDEN = {
     "cgsnap.runner": ("cgsnap.api", "cgsnap.cli", "cgsnap.recovery", "cgsnap.gc"),
     "cgsnap.recovery": ("cgsnap.api", "cgsnap.cli"),
     "cgsnap.gc": ("cgsnap.api", "cgsnap.cli"),
+    "cgsnap.verify": ("cgsnap.api", "cgsnap.cli", "cgsnap.runner"),
+    "cgsnap.retention": ("cgsnap.api", "cgsnap.cli", "cgsnap.runner", "cgsnap.drivers"),
     "cgsnap.api": ("cgsnap.cli",),
 }
 

@@ -2,25 +2,16 @@
 through the CLI, on the test driver and the fake storage backend.  The
 decision itself is tests/unit/test_retention.py."""
 
-import io
 import json
 
 import pytest
 
 from cgsnap import api, exception, faults, manifest
-from cgsnap.cli import main as cli
 
 
 @pytest.fixture
-def run(guest, tmp_path):
-    conf = tmp_path / "cgsnap.conf"
-    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/clistate\n[libvirt]\nuri = {guest.uri}\n")
-
-    def _run(*argv):
-        out, err = io.StringIO(), io.StringIO()
-        rc = cli.run(["--config-file", str(conf), *argv], stdout=out, stderr=err)
-        return rc, out.getvalue(), err.getvalue()
-    return _run
+def run(cli_run):
+    return cli_run
 
 
 def _create(run, guest, *extra):
