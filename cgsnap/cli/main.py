@@ -253,6 +253,21 @@ def _list_row(doc):
             (doc.get("freeze") or {}).get("window_s"), doc["created_at"]]
 
 
+def _write_metrics(api, stderr, run=None, **values):
+    """The Prometheus textfile ([metrics] textfile_dir), after a create, prune or
+    verify; a failure to write it is reported, never changes the exit code."""
+    from cgsnap.conf import CONF
+    if not CONF.metrics.textfile_dir:
+        return
+    try:
+        from cgsnap import metrics
+        if run:
+            metrics.record_run(run, **values)
+        metrics.write(api.list_snapshot_sets())
+    except Exception as e:  # noqa: BLE001 - the set's outcome stands either way
+        stderr.write(f"cgsnap: warning: could not write the metrics textfile: {e}\n")
+
+
 def _on_signal(signum, _frame):
     raise exception.Interrupted(f"interrupted by signal {signum}; reverting")
 
@@ -270,12 +285,15 @@ def run(argv=None, stdout=None, stderr=None):
         cli_config.load(args, stderr)
         from cgsnap import api  # imported after config: drivers read it
         if args.command == "create":
-            doc = api.create_snapshot_set(
-                args.instance, name=args.name, all_volumes=args.all_volumes,
-                exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
-                allow_crash_consistent=args.allow_crash, timeout=args.timeout,
-                idempotency_key=args.idempotency_key, memory=args.memory,
-                allow_shared_volumes=args.allow_shared_volumes, labels=dict(args.label))
+            try:
+                doc = api.create_snapshot_set(
+                    args.instance, name=args.name, all_volumes=args.all_volumes,
+                    exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
+                    allow_crash_consistent=args.allow_crash, timeout=args.timeout,
+                    idempotency_key=args.idempotency_key, memory=args.memory,
+                    allow_shared_volumes=args.allow_shared_volumes, labels=dict(args.label))
+            finally:  # a failed set is a metric too
+                _write_metrics(api, stderr)
             output.emit_doc(args.format, doc, stdout, _summary(doc))
         elif args.command == "list":
             docs = api.list_snapshot_sets(args.instance, args.status)
@@ -331,6 +349,7 @@ def run(argv=None, stdout=None, stderr=None):
                              [[r[c] if c != "problems" or args.format == "json"
                                else "; ".join(r[c]) for c in cols] for r in rows], stdout)
             broken = [r for r in rows if r["result"] == "broken"]
+            _write_metrics(api, stderr, "verify", broken=len(broken))
             for r in broken:
                 stderr.write(f"cgsnap: error: set {r['id']}: {'; '.join(r['problems'])}\n")
             if broken:
@@ -349,6 +368,8 @@ def run(argv=None, stdout=None, stderr=None):
             output.emit_list(args.format, PRUNE_COLUMNS,
                              [[r[c] for c in PRUNE_COLUMNS] for r in rows], stdout)
             failed = [r for r in rows if r["result"].startswith("failed")]
+            _write_metrics(api, stderr, "prune", failed=len(failed),
+                           deleted=sum(r["result"] == "deleted" for r in rows))
             for r in failed:
                 stderr.write(f"cgsnap: error: set {r['id']}: {r['result']}\n")
             if failed:
