@@ -84,9 +84,11 @@ class Actions:
         self._channel_mod = agent_channel
         self.hyp = libvirt_driver.LibvirtHypervisor(uri, agent_timeout)
         self.instance_id = instance_id
-        self.channel = None
+        self.channel = self.qemu_pid = None
         try:
             self.channel = self.hyp.agent_channel(instance_id)
+            if self.channel:
+                self.qemu_pid = agent_channel.qemu_pid(instance_id)
         except Exception:  # noqa: BLE001 - the fallback is optional; libvirt stays first
             pass
 
@@ -95,7 +97,8 @@ class Actions:
         if not self.channel:
             raise libvirt_error
         try:
-            return self._channel_mod.call(self.channel, command, self.CHANNEL_TIMEOUT)
+            return self._channel_mod.call(self.channel, command, self.CHANNEL_TIMEOUT,
+                                          pid=self.qemu_pid)
         except self._channel_mod.ChannelError as e:
             raise exception.AgentUnreachable(f"{libvirt_error}; and directly: {e}") from None
 

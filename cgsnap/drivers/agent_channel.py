@@ -19,9 +19,17 @@ The connection is closed at once after each call, so a libvirtd that comes
 back is never kept from its agent for longer than one call.  While libvirtd
 holds the socket, QEMU does not accept a second client: the connect succeeds
 into the listen backlog, no answer comes, and the call times out harmlessly.
+
+The path in the domain XML is the one libvirtd and QEMU see.  A libvirtd in a
+mount namespace of its own (a container, as in Kolla; the test libvirtd of
+tools/testguest) sees other directories than the guard does, so the socket
+is reached through QEMU's own view of the file system, ``/proc/<qemu
+pid>/root``; the directory is opened first and the socket named relative to
+it, which keeps the address short (a unix socket path has 107 bytes).
 """
 
 import json
+import os
 import random
 import socket
 import time
@@ -46,15 +54,38 @@ def channel_path(domain_xml):
     return None
 
 
-def call(path, execute, timeout=1.0):
-    """One agent command on the channel at ``path``; returns its ``return``
-    value.  Raises ChannelError when nobody answers within ``timeout``."""
+def qemu_pid(instance_uuid, proc="/proc"):
+    """The pid of the QEMU process running domain ``instance_uuid`` (libvirt
+    starts it with ``-uuid <uuid>``), or None."""
+    want = instance_uuid.lower().encode()
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a == b"-uuid" and b.lower() == want for a, b in zip(argv, argv[1:])):
+            return int(entry)
+    return None
+
+
+def call(path, execute, timeout=1.0, pid=None):
+    """One agent command on the channel at ``path`` (as QEMU process ``pid``
+    sees it, if given); returns its ``return`` value.  Raises ChannelError
+    when nobody answers within ``timeout``."""
     deadline = time.monotonic() + timeout
     sync_id = random.randrange(1, 2**31)
+    directory = (f"/proc/{pid}/root" if pid else "") + os.path.dirname(path)
+    try:
+        dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    except OSError as e:
+        raise ChannelError(f"agent channel {path}: {e}") from None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(path)
+            s.connect(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
             s.sendall(b"\xff" + _command("guest-sync-delimited", {"id": sync_id}))
             reader = _Reader(s, deadline)
             reader.skip_to_delimiter()
@@ -64,6 +95,8 @@ def call(path, execute, timeout=1.0):
             return reader.answer()
     except (OSError, ValueError) as e:
         raise ChannelError(f"agent channel {path}: {e}") from None
+    finally:
+        os.close(dirfd)
 
 
 def _command(execute, arguments=None):

@@ -151,3 +151,27 @@ def test_with_libvirtd_down_and_no_channel_the_guard_keeps_trying(monkeypatch, t
                              str(tmp_path / "record.json"))
     machine.fire("deadline")
     assert machine.firing and machine.next_try is not None
+
+
+def test_qemu_is_found_by_its_uuid_and_the_socket_through_its_own_root(agent_path):
+    """A libvirtd in a mount namespace of its own (Kolla, tools/testguest) names a
+    socket path the guard cannot see: it is reached through /proc/<qemu>/root."""
+    import os
+    import subprocess
+    import sys
+    uuid = "5e7c3a9e-1f00-4d2c-8a11-7a2b6f3c9d01"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                             "-name", "guest=g", "-uuid", uuid.upper()])
+    try:
+        assert agent_channel.qemu_pid(uuid) == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+    assert agent_channel.qemu_pid("00000000-0000-4000-8000-000000000000") is None
+    agent = FakeAgent(agent_path)
+    agent.start()
+    try:
+        assert agent_channel.call(agent_path, "guest-fsfreeze-status", pid=os.getpid()) == \
+            "frozen"
+    finally:
+        agent.close()
