@@ -35,6 +35,7 @@ The last line is the summary the Makefile and docs/safety.md quote.
 import argparse
 import base64
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -311,6 +312,10 @@ class RealGuest:
             self.lab.lab.attach(v, self.id)
         self.original = self.chain_files()
         self.original_sources = self.sources()
+        # qemu-ga's own channel, to read it while libvirtd cannot answer
+        from cgsnap.drivers import agent_channel
+        self.channel = agent_channel.channel_path(dom.XMLDesc(0))
+        self.qemu_pid = agent_channel.qemu_pid(self.id)
 
     def dom(self):
         import libvirt
@@ -365,18 +370,39 @@ class RealGuest:
         raise HarnessError(f"guest command did not finish in {timeout}s: {script}")
 
     def state(self):
-        """('frozen'|'thawed'|'unknown', paused?)"""
+        """('frozen'|'thawed'|'unknown', paused?), without blocking: one libvirt
+        attempt (reopened for the next sample if libvirtd restarted), and
+        qemu-ga's own channel when libvirt cannot answer."""
         import libvirt
-        paused = None
+        import libvirt_qemu
         try:
-            paused = self.dom().state()[0] == libvirt.VIR_DOMAIN_PAUSED
-        except Exception:  # noqa: BLE001
-            pass
+            dom = self.conn.lookupByName(self.name)
+            paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        except Exception:  # noqa: BLE001 - libvirtd down or restarted
+            try:
+                self.conn = libvirt.open(URI)
+            except libvirt.libvirtError:
+                pass
+            return self.direct_status(), None
         try:
-            fs = self.agent("guest-fsfreeze-status", timeout=1)
-        except Exception:  # noqa: BLE001 - agent stalled / libvirtd down
-            fs = "unknown"
+            fs = json.loads(libvirt_qemu.qemuAgentCommand(
+                dom, json.dumps({"execute": "guest-fsfreeze-status"}), 1, 0))["return"]
+        except Exception:  # noqa: BLE001 - agent stalled / libvirtd reconnecting
+            fs = self.direct_status()
         return fs, paused
+
+    def direct_status(self):
+        """qemu-ga's own answer over its channel, when libvirt cannot give it
+        (libvirtd down or reconnecting: the channel is free then); 'unknown'
+        if nobody answers (libvirtd holds the channel, or the agent stalls)."""
+        from cgsnap.drivers import agent_channel
+        if not self.channel:
+            return "unknown"
+        try:
+            return agent_channel.call(self.channel, "guest-fsfreeze-status", 0.2,
+                                      pid=self.qemu_pid)
+        except agent_channel.ChannelError:
+            return "unknown"
 
     def wait_agent(self, deadline=30):
         end = time.monotonic() + deadline
@@ -481,6 +507,24 @@ def longest_span(samples, bad):
     return best
 
 
+def with_agent_confirmations(samples, confirmations):
+    """``samples`` plus qemu-ga's own "thawed" answers that no sample could see.
+
+    While libvirtd restarts, nobody outside can read qemu-ga for a few
+    seconds: libvirtd holds the agent channel but does not answer yet.  The
+    guard may have thawed through the channel just before (its record says
+    when, and that the status came from the agent itself).  Such a
+    confirmation counts as a "thawed" sample only if the next sample the
+    harness could read is "thawed" too: a record that the harness's own
+    reading contradicts is ignored."""
+    out = list(samples)
+    for t in confirmations:
+        after = [fs for st, fs, _ in samples if st > t and fs != "unknown"]
+        if after and after[0] == "thawed":
+            out.append((t, "thawed", None))
+    return sorted(out, key=lambda x: x[0])
+
+
 def _frozen(fs, paused):
     return {"frozen": True, "thawed": False}.get(fs)
 
@@ -535,6 +579,25 @@ class Case:
             f.write(text)
         self.confs.append(path)
         return path
+
+    def guard_confirmations(self):
+        """Monotonic times at which a guard of this case had qemu-ga itself
+        (over the agent channel) confirm the guest thawed."""
+        import glob
+        out = []
+        for conf in self.confs:
+            m = re.search(r"^state_dir = (.*)$", open(conf).read(), re.M)
+            for path in glob.glob(os.path.join(m.group(1), "guards", "*.json")):
+                try:
+                    with open(path) as f:
+                        rec = json.load(f)
+                    if rec.get("confirmed") and "agent channel" in (rec.get("status") or ""):
+                        fired, done = (datetime.datetime.fromisoformat(
+                            rec[k].replace("Z", "+00:00")) for k in ("fired_at", "confirmed_at"))
+                        out.append(rec["fired_mono"] + (done - fired).total_seconds())
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+        return out
 
     def local_dirs(self):
         out = set()
@@ -1091,7 +1154,7 @@ class Run:
         phases["recover+gc"] = time.monotonic() - t0 - sum(phases.values())
         if sampler:
             time.sleep(0.2)
-            samples = sampler.stop()
+            samples = with_agent_confirmations(sampler.stop(), case.guard_confirmations())
             case.frozen_s = longest_span(samples, _frozen)
             case.paused_s = longest_span(samples, _paused)
             fs, paused = t.state()

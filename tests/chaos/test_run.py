@@ -97,3 +97,21 @@ def test_without_jobs_nothing_is_locked():
     with turns.turn(alone=True):
         with turns.turn(alone=True):
             pass
+
+
+def test_an_agent_confirmed_thaw_counts_only_where_the_harness_saw_nothing():
+    samples = [(0.0, "frozen", False), (4.0, "unknown", None), (6.0, "unknown", None),
+               (7.0, "thawed", False)]
+    assert run.longest_span(run.with_agent_confirmations(samples, [4.1]), run._frozen) == 4.1
+    # the harness saw it still frozen after the record's time: the record is ignored
+    seen_frozen = samples[:2] + [(5.0, "frozen", False)] + samples[2:]
+    assert run.longest_span(run.with_agent_confirmations(seen_frozen, [4.1]),
+                            run._frozen) == 7.0
+    # no confirmation: the unknown run extends the span to the first thawed sample
+    assert run.longest_span(run.with_agent_confirmations(samples, []), run._frozen) == 7.0
+
+
+def test_an_agent_confirmed_thaw_after_a_frozen_sample_ends_the_span():
+    samples = [(0.0, "frozen", False), (4.0, "frozen", False), (4.5, "unknown", None),
+               (6.9, "thawed", False)]
+    assert run.longest_span(run.with_agent_confirmations(samples, [4.1]), run._frozen) == 4.1
