@@ -78,10 +78,9 @@ class Actions:
     The channel is used only after libvirt failed: trying it first while
     libvirtd reconnects left libvirt's own agent connection in error ("QEMU
     guest agent is not available due to an error"; the e2e libvirtd-restart
-    test), so ``channel_first`` stays off in the guard."""
+    test)."""
 
     CHANNEL_TIMEOUT = 1.0
-    QUICK = 0.25
 
     def __init__(self, uri, instance_id, agent_timeout=10):
         from cgsnap.drivers import agent_channel, libvirt_driver
@@ -107,22 +106,8 @@ class Actions:
         except self._channel_mod.ChannelError as e:
             raise exception.AgentUnreachable(f"{libvirt_error}; and directly: {e}") from None
 
-    def _quick(self, command):
-        """``(answer,)`` from the agent channel within QUICK seconds, else None."""
-        if not self.channel:
-            return None
-        try:
-            return (self._channel_mod.call(self.channel, command, self.QUICK,
-                                           pid=self.qemu_pid),)
-        except self._channel_mod.ChannelError:
-            return None
-
-    def act(self, mode, channel_first=False):
+    def act(self, mode):
         """One thaw or resume; returns the driver's answer."""
-        if channel_first and mode == MODE_THAW:
-            direct = self._quick("guest-fsfreeze-thaw")
-            if direct is not None:
-                return direct[0]
         try:
             if mode == MODE_RESUME:
                 return self.hyp.resume(self.instance_id)
@@ -135,12 +120,8 @@ class Actions:
                 raise
             return self._on_channel("guest-fsfreeze-thaw", e)
 
-    def confirmed(self, mode, channel_first=False):
+    def confirmed(self, mode):
         """(True, what) when the guest is confirmed thawed/running or gone."""
-        if channel_first and mode == MODE_THAW:
-            direct = self._quick("guest-fsfreeze-status")
-            if direct is not None:
-                return (direct[0] == "thawed", f"{direct[0]} (agent channel)")
         try:
             if mode == MODE_RESUME:
                 paused = self.hyp.is_paused(self.instance_id)
