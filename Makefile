@@ -114,17 +114,18 @@ bench: devcloud
 genconfig: bootstrap
 	$(VENV)/bin/oslo-config-generator --config-file etc/cgsnap/cgsnap-config-generator.conf
 
+# Every tier in turn; each prints how long it took, so a slow CI run shows where
+# the time went.  The first failing tier stops the run.
+TEST_TIERS := lint genconfig unit functional e2e fault-matrix functional-production \
+	fault-matrix-production chaos
 test: bootstrap
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory lint && \
-	$(MAKE) --no-print-directory genconfig && \
-	$(MAKE) --no-print-directory unit && \
-	$(MAKE) --no-print-directory functional && \
-	$(MAKE) --no-print-directory e2e && \
-	$(MAKE) --no-print-directory fault-matrix && \
-	$(MAKE) --no-print-directory functional-production && \
-	$(MAKE) --no-print-directory fault-matrix-production && \
-	$(MAKE) --no-print-directory chaos && \
+	for tier in $(TEST_TIERS); do \
+	    t0=$$(date +%s); \
+	    $(MAKE) --no-print-directory $$tier; rc=$$?; \
+	    echo "make test: $$tier $$([ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - t0 ))s (total $$(( $$(date +%s) - start ))s)"; \
+	    [ $$rc = 0 ] || exit $$rc; \
+	done; \
 	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
 
 clean:
