@@ -36,6 +36,7 @@ import argparse
 import base64
 import contextlib
 import datetime
+import faulthandler
 import fcntl
 import json
 import os
@@ -78,6 +79,14 @@ SLACK = 2.0          # sampling, TCG guest and scheduling slack on a 2-core mach
 FROZEN_LIMIT = FREEZE_TIMEOUT + GUARD_MARGIN + SLACK
 CREATE_TIMEOUT = 120
 CLEANUP_TIMEOUT = 20
+# A case (its target's first boot included) that runs longer than this is hung:
+# the worker prints every thread's stack and exits, so a hang is a red tier with
+# the place it hung, never a CI job that runs out of time.  The slowest case of
+# the 1,000-case soak took 26 s.
+CASE_LIMIT = 300
+# The whole ``--jobs`` run: past this the workers are asked for their stacks and
+# stopped (60 cases take about 10 min on 2 cores).
+RUN_BUDGET = int(os.environ.get("CHAOS_BUDGET") or 1800)
 
 
 def log(msg):
@@ -1066,8 +1075,9 @@ class Turns:
 
 class Run:
     def __init__(self, seed, n, only=None, kinds=None, keep=False, verbose=False,
-                 shard=None, lockdir=None):
+                 shard=None, lockdir=None, results_path=None):
         self.seed, self.n, self.only, self.keep = seed, n, only, keep
+        self.results_path = results_path
         self.verbose = verbose
         self.kinds = kinds
         # (k, jobs): this process runs the cases whose index % jobs == k
@@ -1119,9 +1129,20 @@ class Run:
 
     def run_case(self, index, seed, kname):
         fn = CATALOGUE[kname]
-        t = self.target(fn.target)
-        with self.turns.turn(alone=fn.shared):
-            return self._run_case(index, seed, kname, fn, t)
+        # faulthandler's own thread: it fires even while the main thread is
+        # blocked inside a C call (libvirt, a socket) that no signal would break;
+        # it prints "Timeout" and every thread's stack, and the worker exits 1.
+        faulthandler.dump_traceback_later(CASE_LIMIT, exit=True)
+        try:
+            t = self.target(fn.target)
+            with self.turns.turn(alone=fn.shared):
+                return self._run_case(index, seed, kname, fn, t)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            if self.results_path:  # what ran so far survives a later hang
+                with open(self.results_path + ".tmp", "w") as f:
+                    json.dump(self.results, f)
+                os.replace(self.results_path + ".tmp", self.results_path)
 
     def _run_case(self, index, seed, kname, fn, t):
         case = Case(self, index, seed, kname)
@@ -1419,7 +1440,7 @@ def run_jobs(args, seed, jobs):
                  for k, p in enumerate(procs)]
         for t in pumps:
             t.start()
-        rcs = [p.wait() for p in procs]
+        rcs = _wait_all(procs, RUN_BUDGET)
         for t in pumps:
             t.join()
         runner = Run(seed, args.cases, kinds=set(args.kinds.split(",")) if args.kinds else None)
@@ -1431,7 +1452,14 @@ def run_jobs(args, seed, jobs):
                 log(f"chaos: shard {k} wrote no results (exit {rcs[k]})")
         runner.results.sort(key=lambda r: r["index"])
         log(f"chaos: {jobs} jobs, shard exits {rcs}")
-        rc = runner.summary()
+        done = {r["index"] for r in runner.results}
+        only = {int(x) for x in args.only.split(",")} if args.only else None
+        unfinished = [i for i, _seed, _k in runner.plan()
+                      if i not in done and (only is None or i in only)]
+        if unfinished:
+            log(f"chaos: case(s) {unfinished} did not finish: a worker hung (its stack is "
+                f"above, after 'Timeout') or was stopped at the run's budget")
+        rc = runner.summary() or (1 if unfinished else 0)
         return rc or max(rcs) or (2 if any(not os.path.exists(o) for o in out.values()) else 0)
     except KeyboardInterrupt:
         for p in procs:
@@ -1441,6 +1469,33 @@ def run_jobs(args, seed, jobs):
         return 130
     finally:
         shutil.rmtree(lockdir, ignore_errors=True)
+
+
+def _wait_all(procs, budget):
+    """The workers' exit codes; past ``budget`` seconds each one still running
+    prints its stacks (SIGUSR1) and is stopped (SIGINT: it cleans up), then killed."""
+    end = time.monotonic() + budget
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
+    late = [p for p in procs if p.poll() is None]
+    if late:
+        log(f"chaos: the run took more than its budget of {budget}s (CHAOS_BUDGET); "
+            f"stopping {len(late)} worker(s), their stacks follow")
+        for p in late:
+            p.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        for p in late:
+            p.send_signal(signal.SIGINT)
+        for p in late:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return [p.returncode if p.returncode >= 0 or p not in late else 124 for p in procs]
 
 
 def _pump(stream, prefix):
@@ -1482,7 +1537,10 @@ def main(argv=None):
     if args.jobs > 1 and not args.shard:
         return run_jobs(args, seed, args.jobs)
     shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
-    runner = Run(seed, args.cases, only, kinds, args.keep, args.verbose, shard, args.lockdir)
+    if args.shard:  # the parent asks for the stacks before it stops a worker
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    runner = Run(seed, args.cases, only, kinds, args.keep, args.verbose, shard, args.lockdir,
+                 args.results)
     rc = runner.main()
     if args.results:
         with open(args.results, "w") as f:

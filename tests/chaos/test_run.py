@@ -115,3 +115,17 @@ def test_an_agent_confirmed_thaw_after_a_frozen_sample_ends_the_span():
     samples = [(0.0, "frozen", False), (4.0, "frozen", False), (4.5, "unknown", None),
                (6.9, "thawed", False)]
     assert run.longest_span(run.with_agent_confirmations(samples, [4.1]), run._frozen) == 4.1
+
+
+def test_a_worker_past_the_run_budget_is_stopped_and_reported(tmp_path):
+    import subprocess
+    import sys
+    import time
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    t0 = time.monotonic()
+    rcs = run._wait_all([quick, stuck], budget=2)
+    assert rcs == [0, 124]
+    assert stuck.poll() is not None
+    assert time.monotonic() - t0 < 30
+
