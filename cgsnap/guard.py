@@ -58,6 +58,14 @@ from cgsnap import exception, manifest, wait
 
 READY_TIMEOUT = 15.0
 BACKOFF_INITIAL = 0.2
+# A frozen guest is urgent, and what most often stops a thaw (libvirtd
+# restarting, the agent channel held while it reconnects) lasts seconds: for
+# the first FAST_RETRY_FOR seconds after firing, retries are at most FAST_RETRY
+# apart, so the guest thaws within FAST_RETRY of libvirtd answering again
+# (tests/unit/test_guard.py; the chaos soak's rg_libvirtd_restart cases).
+# After that the backoff grows to BACKOFF_MAX.
+FAST_RETRY = 0.5
+FAST_RETRY_FOR = 60.0
 BACKOFF_MAX = 5.0
 ATTEMPTS_KEPT = 50          # attempts kept in a record (the count covers all of them)
 RECORD_KEEP = 200           # records kept in <state_dir>/guards
@@ -220,7 +228,9 @@ class _Machine:
             self.firing = False
             self.next_try = None
         else:
-            self.next_try = time.monotonic() + self.backoff
+            now = time.monotonic()
+            fast = now - self.record.data["fired_mono"] < FAST_RETRY_FOR
+            self.next_try = now + (min(self.backoff, FAST_RETRY) if fast else self.backoff)
             self.backoff = min(self.backoff * 2, BACKOFF_MAX)
 
     def check_confirmed(self):

@@ -333,3 +333,60 @@ def test_a_thaw_that_starts_in_time_but_ends_late_is_not_filesystem_consistent()
     mode, reason = _consistency(freeze, thaw)
     assert mode == "crash" and "3.08s" in reason
     assert _consistency(freeze, dict(thaw, window_s=2.9)) == ("filesystem", None)
+
+
+# -- libvirtd restarting: the guard's retries stay close together --------------
+
+class _Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def monotonic(self):
+        return self.t
+
+
+class _OutageActions:
+    """Thaw and status fail until ``clock`` reaches ``until`` (libvirtd down or
+    reconnecting, the channel held), then work."""
+
+    def __init__(self, clock, until):
+        self.clock, self.until = clock, until
+        self.tries = []
+
+    def act(self, mode):
+        self.tries.append(self.clock.t)
+        if self.clock.t < self.until:
+            raise exception.AgentUnreachable("libvirtd restarting")
+        return 1
+
+    def confirmed(self, mode):
+        return (self.clock.t >= self.until, "thawed")
+
+
+def _fire_through_outage(monkeypatch, tmp_path, outage):
+    clock = _Clock()
+    monkeypatch.setattr(guard, "time", clock)
+    actions = _OutageActions(clock, clock.t + outage)
+    m = guard._Machine(actions, str(tmp_path / "rec.json"))
+    m.fire("deadline")
+    while m.firing:
+        clock.t = m.next_try
+        m.tick()
+    return actions, clock.t - actions.until
+
+
+@pytest.mark.parametrize("outage", [0.3, 1.0, 2.5, 3.1, 4.5, 7.0, 12.0, 20.0, 29.0])
+def test_a_guest_is_thawed_soon_after_libvirtd_answers_again(monkeypatch, tmp_path, outage):
+    """The chaos soak's rg_libvirtd_restart failures: the guest stayed frozen
+    2-6 s past the guard's deadline because the retries had backed off to
+    3.2 and 5 s while libvirtd restarted."""
+    _actions, late = _fire_through_outage(monkeypatch, tmp_path, outage)
+    assert late <= guard.FAST_RETRY + 1e-9, f"thawed {late:.1f}s after libvirtd answered"
+
+
+def test_a_long_outage_is_retried_less_often(monkeypatch, tmp_path):
+    actions, _late = _fire_through_outage(monkeypatch, tmp_path, 600.0)
+    start = actions.tries[0]
+    after = [t for t in actions.tries if t >= start + guard.FAST_RETRY_FOR + 60]
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert gaps and min(gaps) >= 2.0 and max(gaps) <= guard.BACKOFF_MAX
