@@ -163,6 +163,10 @@ def test_qemu_is_found_by_its_uuid_and_the_socket_through_its_own_root(agent_pat
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
                              "-name", "guest=g", "-uuid", uuid.upper()])
     try:
+        # under a loaded machine the child's /proc entry may lag its start
+        end = time.monotonic() + 10
+        while agent_channel.qemu_pid(uuid) is None and time.monotonic() < end:
+            time.sleep(0.05)
         assert agent_channel.qemu_pid(uuid) == proc.pid
     finally:
         proc.kill()
