@@ -31,13 +31,15 @@ def _options(**kwargs):
 def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volumes=(),
                         exclude_root=False, allow_crash_consistent=None, timeout=None,
                         idempotency_key=None, memory=False, allow_shared_volumes=False,
-                        labels=None):
+                        labels=None, lock_wait=None):
     """Take one instance-level snapshot set; return its manifest.
 
     Raises a :class:`~cgsnap.exception.CgsnapError` (with its exit code) on
     failure, after the flow reverted: guest thawed, members deleted, manifest
     ``failed``.  :class:`~cgsnap.exception.CleanupIncomplete` means the revert
     could not remove everything; the message names what is left.
+    ``lock_wait``: seconds to wait for another operation on the instance
+    (default ``[DEFAULT] lock_wait``), then :class:`~cgsnap.exception.Locked`.
     """
     labels = check_labels(labels)
     drv = drivers_mod.get()
@@ -60,7 +62,8 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
                        local_disks=CONF.snapshot.local_disks,
                        wait_timeout=CONF.snapshot.wait_timeout)
     cat = catalog()
-    with lock.instance_lock(instance["id"], "create", CONF.lock_wait):
+    with lock.instance_lock(instance["id"], "create",
+                            CONF.lock_wait if lock_wait is None else lock_wait):
         # A create that died earlier on this instance (on this host) is
         # reverted first; another host's set, or a corrupt one, is left alone.
         for row in cat.rows(instance_id=instance["id"], status=manifest.STATUS_CREATING):

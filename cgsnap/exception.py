@@ -16,6 +16,7 @@ EXIT_LOCKED = 7           # another cgsnap operation holds this instance
 EXIT_CONFIG = 8           # configuration, credentials or service endpoint problem
 EXIT_INTEGRITY = 9        # a manifest failed its checksum or schema check
 EXIT_CLEANUP = 10         # the revert could not remove everything: see the message
+EXIT_PARTIAL = 11         # create --all-instances: some instances failed (each on its own line)
 EXIT_INTERRUPTED = 130    # SIGINT/SIGTERM; the set was reverted
 
 

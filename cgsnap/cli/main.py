@@ -9,7 +9,7 @@ import signal
 import sys
 
 from cgsnap import __version__, exception
-from cgsnap.cli import output
+from cgsnap.cli import hostwide, output
 
 DESCRIPTION = """\
 Take consistent snapshots of a whole virtual machine: freeze the guest's
@@ -32,7 +32,8 @@ exit codes:
   1 internal error      6 member snapshot failed     10 revert left something behind
   2 bad command line    7 instance busy (locked)    130 interrupted
   3 not found           8 config / credentials / endpoint error
-  4 refused by a pre-check (nothing was frozen or created)"""
+  4 refused by a pre-check (nothing was frozen or created)
+ 11 create --all-instances: some instances failed (each named on stderr)"""
 
 
 def _label(text):
@@ -88,7 +89,8 @@ def _parser():
                     "other attached disk) in parallel, thaw, and record the manifest. A set "
                     "that would capture nothing is refused before the freeze.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    c.add_argument("instance", metavar="INSTANCE", help="libvirt domain name or UUID")
+    c.add_argument("instance", metavar="INSTANCE", nargs="?",
+                   help="libvirt domain name or UUID (or --all-instances)")
     c.add_argument("--all-volumes", action="store_true",
                    help="include every attached disk, not only the root: Cinder volumes, and "
                         "file-backed disks when [snapshot] local_disks = qcow2 (otherwise "
@@ -119,6 +121,7 @@ def _parser():
     c.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
                    help="a label of the set (repeatable): stored in the manifest and in each "
                         "member's metadata (cgsnap_label_KEY); 'prune --label' selects by it")
+    hostwide.add_options(c, _label, _duration)
 
     ls = sub.add_parser("list", parents=[common], help="list snapshot sets")
     ls.add_argument("--instance", metavar="INSTANCE", help="only this instance (name or UUID)")
@@ -218,6 +221,7 @@ a failure; every failure is reported and the exit code is 10.""")
     pn.add_argument("--no-rules-delete-all", dest="allow_empty", action="store_true",
                     help="without any --keep-* rule, delete every set (down to --min-keep); "
                          "refused otherwise")
+    p.commands = sub.choices  # each command's own parser, for its usage errors
     return p
 
 
@@ -276,8 +280,11 @@ def run(argv=None, stdout=None, stderr=None):
     """Run the CLI; return the exit code (never raises for expected errors)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if args.command == "create":
+            hostwide.check(args, parser.commands["create"].error)
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0)
     try:
@@ -285,13 +292,17 @@ def run(argv=None, stdout=None, stderr=None):
         cli_config.load(args, stderr)
         from cgsnap import api  # imported after config: drivers read it
         if args.command == "create":
+            create_kw = dict(
+                name=args.name, all_volumes=args.all_volumes,
+                exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
+                allow_crash_consistent=args.allow_crash, timeout=args.timeout,
+                idempotency_key=args.idempotency_key, memory=args.memory,
+                allow_shared_volumes=args.allow_shared_volumes, labels=dict(args.label),
+                lock_wait=args.wait_lock)
             try:
-                doc = api.create_snapshot_set(
-                    args.instance, name=args.name, all_volumes=args.all_volumes,
-                    exclude_volumes=args.exclude_volume, exclude_root=args.exclude_root,
-                    allow_crash_consistent=args.allow_crash, timeout=args.timeout,
-                    idempotency_key=args.idempotency_key, memory=args.memory,
-                    allow_shared_volumes=args.allow_shared_volumes, labels=dict(args.label))
+                if args.all_instances:
+                    return hostwide.run(args, create_kw, stdout, stderr)
+                doc = api.create_snapshot_set(args.instance, **create_kw)
             finally:  # a failed set is a metric too
                 _write_metrics(api, stderr)
             output.emit_doc(args.format, doc, stdout, _summary(doc))

@@ -54,6 +54,11 @@ class Hypervisor(abc.ABC):
         The thaw guard disarms only on ``"thawed"``."""
         raise NotImplementedError
 
+    def running_instances(self):
+        """Every running instance of this host: ``[{"id", "name", "labels"}]``
+        (``create --all-instances``)."""
+        raise NotImplementedError
+
     def pause(self, instance_id):
         """Pause the guest (``--memory``)."""
         raise NotImplementedError

@@ -193,6 +193,26 @@ COMMIT_BASE_S = 60.0  # a commit with nothing left to copy still gets this long
 COMMIT_MIN_RATE = 8 << 20  # bytes/s: slower than this for a whole stretch = stalled
 
 
+# The domain metadata a host-wide run selects by (``create --all-instances
+# --domain-label K=V``).  Set it with:
+#   virsh metadata DOMAIN --uri https://cgsnap.dev/xmlns/labels/1 --key cgsnap \
+#       --set '<labels><label key="backup">nightly</label></labels>'
+LABELS_NS = "https://cgsnap.dev/xmlns/labels/1"
+
+
+def domain_labels(dom):
+    """``{key: value}`` from the domain's cgsnap labels metadata ({} if none)."""
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, LABELS_NS, 0)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return {}
+        raise
+    root = ET.fromstring(xml)
+    return {el.get("key"): (el.text or "") for el in root.iter()
+            if el.tag.rpartition("}")[2] == "label" and el.get("key")}
+
+
 class LibvirtHypervisor:
     """:class:`cgsnap.drivers.base.Hypervisor` on libvirt."""
 
@@ -418,6 +438,19 @@ class LibvirtHypervisor:
             raise exception.SnapshotFailed(
                 f"disk-only snapshot of {dom.name()} failed: {e.get_error_message()}") from None
         faults.point("hypervisor.snapshot_disks.after")
+
+    def running_instances(self):
+        """Every running domain: ``[{"id", "name", "labels"}]``, where
+        ``labels`` are the domain's own cgsnap labels (:data:`LABELS_NS`)."""
+        out = []
+        for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            try:
+                out.append({"id": dom.UUIDString(), "name": dom.name(),
+                            "labels": domain_labels(dom)})
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise  # (one that went away while we looked is simply not running)
+        return out
 
     def disk_users(self):
         """Every disk of every domain of this URI, active and inactive:

@@ -23,6 +23,7 @@ FORBIDDEN = {
     "cgsnap.verify": ("cgsnap.api", "cgsnap.cli", "cgsnap.runner"),
     "cgsnap.retention": ("cgsnap.api", "cgsnap.cli", "cgsnap.runner", "cgsnap.drivers"),
     "cgsnap.api": ("cgsnap.cli",),
+    "cgsnap.hostrun": ("cgsnap.cli",),
 }
 
 
