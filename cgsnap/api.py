@@ -12,7 +12,7 @@ from taskflow import states
 
 from cgsnap import catalog as catalog_mod
 from cgsnap import drivers as drivers_mod
-from cgsnap import exception, guard, lock, manifest, naming, recovery, runner, state
+from cgsnap import exception, guard, hooks, lock, manifest, naming, recovery, runner, state
 from cgsnap.conf import CONF
 
 LOG = logging.getLogger(__name__)
@@ -75,34 +75,63 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
             if existing:
                 return existing
         set_id = naming.new_set_id()
-        store = {"instance_ref": instance["id"], "set_id": set_id, "options": options}
-
-        side_effects = []
-
-        def _after_failure(engine, revert=False):
-            side_effects.append(_reached_side_effects(engine))
-            _ensure_thawed(engine, drv, instance)
-            guard.stop(set_id)
-            if revert:
-                _revert_from_manifest(cat, set_id)
-
+        refused = hooks.pre_create(set_id, instance, labels)
+        if refused:  # before anything is recorded: nothing to undo
+            hooks.post_create(set_id, instance, labels, "refused",
+                              exit_code=exception.EXIT_REFUSED, error=refused)
+            raise exception.Refused(f"{refused}; nothing was frozen or recorded")
         try:
-            runner.run_flow("create", store, f"create-{set_id}", _after_failure)
-        except catalog_mod.DuplicateSet:
-            # Another host (or a process that does not share our lock) recorded
-            # a live set for this key first: this call made nothing.
-            existing = _live_set_for_key(cat, instance["id"], idempotency_key)
-            if existing:
-                return existing
+            doc = _create(cat, drv, instance, set_id, options, idempotency_key)
+        except exception.CgsnapError as e:
+            _post_hook_after_failure(cat, set_id, instance, labels, e.exit_code, str(e))
             raise
-        except exception.CgsnapError:
-            if any(side_effects):  # a pre-check failure created nothing: no need to look
-                _verify_nothing_left(drv, cat, set_id)
+        except BaseException as e:
+            _post_hook_after_failure(cat, set_id, instance, labels, exception.EXIT_ERROR,
+                                     f"{type(e).__name__}: {e}")
             raise
-        except KeyboardInterrupt:
+        if doc["id"] == set_id:  # (not a set an idempotent retry found)
+            hooks.post_create(set_id, instance, labels, doc["status"], doc.get("consistency"))
+        return doc
+
+
+def _post_hook_after_failure(cat, set_id, instance, labels, exit_code, error):
+    try:
+        status = cat.get(set_id)["status"]
+    except exception.CgsnapError:
+        status = "refused"  # nothing was recorded
+    hooks.post_create(set_id, instance, labels, status, exit_code=exit_code, error=error)
+
+
+def _create(cat, drv, instance, set_id, options, idempotency_key):
+    """The create flow for ``set_id`` (the instance lock held)."""
+    store = {"instance_ref": instance["id"], "set_id": set_id, "options": options}
+
+    side_effects = []
+
+    def _after_failure(engine, revert=False):
+        side_effects.append(_reached_side_effects(engine))
+        _ensure_thawed(engine, drv, instance)
+        guard.stop(set_id)
+        if revert:
+            _revert_from_manifest(cat, set_id)
+
+    try:
+        runner.run_flow("create", store, f"create-{set_id}", _after_failure)
+    except catalog_mod.DuplicateSet:
+        # Another host (or a process that does not share our lock) recorded
+        # a live set for this key first: this call made nothing.
+        existing = _live_set_for_key(cat, instance["id"], idempotency_key)
+        if existing:
+            return existing
+        raise
+    except exception.CgsnapError:
+        if any(side_effects):  # a pre-check failure created nothing: no need to look
             _verify_nothing_left(drv, cat, set_id)
-            raise exception.Interrupted(f"interrupted; set {set_id} was reverted") from None
-        return cat.get(set_id)
+        raise
+    except KeyboardInterrupt:
+        _verify_nothing_left(drv, cat, set_id)
+        raise exception.Interrupted(f"interrupted; set {set_id} was reverted") from None
+    return cat.get(set_id)
 
 
 def _live_set_for_key(cat, instance_id, key):

@@ -290,6 +290,8 @@ def run(argv=None, stdout=None, stderr=None):
     try:
         from cgsnap.cli import config as cli_config
         cli_config.load(args, stderr)
+        from cgsnap import hooks
+        hooks.report_warnings_to(lambda msg: stderr.write(f"cgsnap: warning: {msg}\n"))
         from cgsnap import api  # imported after config: drivers read it
         if args.command == "create":
             create_kw = dict(

@@ -8,11 +8,11 @@ import.  :func:`list_opts` feeds ``oslo-config-generator`` (see
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from cgsnap.conf import default, libvirt, metrics, openstack, snapshot
+from cgsnap.conf import default, hooks, libvirt, metrics, openstack, snapshot
 
 CONF = cfg.CONF
 
-_MODULES = (default, libvirt, metrics, openstack, snapshot)
+_MODULES = (default, hooks, libvirt, metrics, openstack, snapshot)
 
 
 def register_opts(conf):
