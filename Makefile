@@ -9,19 +9,19 @@ PYTEST := $(VENV)/bin/pytest
 # (tools/devcloud/production.sh), beside the default one.
 DEVCLOUD_SHAPE ?= default
 
-.PHONY: help bootstrap devcloud devcloud-stop testguest demo test unit functional functional-production fault-matrix-production e2e fault-matrix chaos lint genconfig bench clean
+.PHONY: man constraints help bootstrap devcloud devcloud-stop testguest demo test unit functional functional-production fault-matrix-production e2e fault-matrix chaos lint genconfig bench clean
 
 help:
 	@echo "make demo        set up everything and snapshot the demo instance"
 	@echo "make test        set up everything and run every test tier (lint, unit, functional, e2e, fault-matrix, functional-production, fault-matrix-production, chaos)"
 	@echo "make functional-production   functional subset on the production-shaped dev cloud"
 	@echo "make fault-matrix-production  the fault matrix's storage cases on the production shape"
-	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | devcloud | devcloud-stop | clean"
+	@echo "make unit | functional | e2e | fault-matrix | bench | lint | genconfig | man | constraints | devcloud | devcloud-stop | clean"
 	@echo "make chaos [CHAOS_CASES=60] [CHAOS_SEED=n] [CHAOS_ONLY=i,j] [CHAOS_KINDS=k,...] [CHAOS_JOBS=2]   seeded soak: faults around cgsnap (docs/safety.md)"
 
 bootstrap: $(VENV)/.cgsnap-installed
 
-$(VENV)/.cgsnap-installed: requirements.txt test-requirements.txt pyproject.toml tools/bootstrap.sh
+$(VENV)/.cgsnap-installed: requirements.txt test-requirements.txt upper-constraints.txt pyproject.toml setup.cfg tools/bootstrap.sh
 	tools/bootstrap.sh
 
 devcloud: bootstrap
@@ -52,16 +52,8 @@ functional: devcloud
 # snapshots stuck `creating` (finding 4) and a region without Glance (finding 5).
 PROD_CLOUDS := CGSNAP_TEST_CLOUDS_YAML=$(CURDIR)/.devcloud-production/clouds.yaml \
 	CGSNAP_TEST_CLOUD=devcloud-prod CGSNAP_TEST_ADMIN_CLOUD=devcloud-prod-admin
-FN := tests/functional
-FUNCTIONAL_PRODUCTION := $(FN)/test_production_shape.py $(FN)/production \
-	$(FN)/test_stuck_snapshots.py $(FN)/test_bad_input.py::test_wrong_keystone_password \
-	$(FN)/test_create_cinder.py::test_volume_root_and_8_data_volumes_make_one_9_member_set \
-	$(FN)/test_create_cinder.py::test_quota_exhausted_partway_through \
-	$(FN)/test_create_cinder.py::test_quota_answer_is_reused_but_a_refusal_asks_cinder_again \
-	$(FN)/test_create_cinder.py::test_failure_after_the_creates_deletes_real_snapshots \
-	$(FN)/test_bad_input.py::test_odd_names $(FN)/test_bad_input.py::test_quota_already_exhausted \
-	$(FN)/test_group_snapshot.py::test_tenant_set_on_a_trusted_consistent_group_uses_one_group_snapshot \
-	"$(FN)/test_group_snapshot.py::test_failure_after_the_group_snapshot_leaves_nothing[volume.tag_snapshot]"
+# The list is a pytest @file (one argument a line, no comments), shared with tox.
+FUNCTIONAL_PRODUCTION := @tests/functional/production.args
 
 functional-production: bootstrap
 	@$(MAKE) --no-print-directory devcloud DEVCLOUD_SHAPE=production
@@ -110,6 +102,17 @@ chaos: devcloud testguest
 # Freeze-window and fleet benchmarks (bench/RESULTS.md); needs the dev cloud.
 bench: devcloud
 	bench/run.sh
+
+# cgsnap(1), generated from the CLI's parser (tests/unit/test_packaging.py checks
+# that the committed page is current).
+man: bootstrap
+	$(PY) tools/manpage.py > doc/man/cgsnap.1
+
+# The project venv's upper constraints, from a working .venv.
+constraints: bootstrap
+	@{ echo "# Upper constraints of the project venv: pip freeze of a working .venv (tools/bootstrap.sh"; \
+	   echo "# and tox install with -c upper-constraints.txt).  Regenerate: make constraints"; \
+	   $(VENV)/bin/pip freeze 2>/dev/null | grep -v -e '^-e' -e '@ file' -e '^cgsnap'; } > upper-constraints.txt
 
 genconfig: bootstrap
 	$(VENV)/bin/oslo-config-generator --config-file etc/cgsnap/cgsnap-config-generator.conf

@@ -26,10 +26,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ] \
-        || [ test-requirements.txt -nt "$stamp" ]; then
+        || [ test-requirements.txt -nt "$stamp" ] || [ setup.cfg -nt "$stamp" ] \
+        || [ upper-constraints.txt -nt "$stamp" ]; then
     echo "bootstrap: installing python packages into .venv" >&2
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt
-    .venv/bin/pip install -q --no-deps -e .
+    .venv/bin/pip install -q -c upper-constraints.txt -r requirements.txt -r test-requirements.txt
+    # without build isolation: the build works on the venv's own setuptools
+    .venv/bin/pip install -q --no-deps --no-build-isolation -e .
     touch "$stamp"
 fi

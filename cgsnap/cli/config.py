@@ -95,3 +95,8 @@ def _setup_logging(args):
         logging.setup(CONF, "cgsnap")
     except OSError as e:
         raise exception.ConfigError(f"cannot open the log file: {e}") from None
+    except RuntimeError as e:  # use_journal without the systemd bindings
+        raise exception.ConfigError(
+            f"cannot log as configured: {e} (use_journal needs the systemd Python "
+            "bindings, Debian python3-systemd; use_syslog = true reaches journald "
+            "through /dev/log without them)") from None

@@ -96,3 +96,16 @@ def test_unexpected_bug_is_one_line_not_a_traceback(run, guest, monkeypatch):
     rc, _, err = run("list")
     assert rc == exception.EXIT_ERROR
     assert err.count("\n") == 1 and "internal error: ZeroDivisionError" in err
+
+
+def test_journal_logging_without_its_bindings_is_a_config_error(cli_run, tmp_path):
+    conf = tmp_path / "cgsnap.conf"
+    conf.write_text(conf.read_text().replace("[DEFAULT]\n", "[DEFAULT]\nuse_journal = true\n"))
+    try:
+        import systemd.journal  # noqa: F401
+    except ImportError:
+        rc, _out, err = cli_run("list")
+        assert rc == 8 and "use_journal needs the systemd Python bindings" in err
+        assert err.count("\n") == 1
+    else:
+        assert cli_run("list")[0] == 0

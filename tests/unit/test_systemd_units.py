@@ -59,3 +59,32 @@ def test_the_create_unit_kills_its_cgroup_as_a_whole_and_waits_for_the_revert():
                                        "ProtectControlGroups", "RestrictAddressFamilies"):
         assert _setting(text, hides_what_the_guard_needs) is None
     assert "libvirtd.service" in _setting(text, "After")
+
+
+def test_the_backup_unit_runs_the_host_wide_create_with_the_policy_of_its_config_file():
+    text = _unit("cgsnap-backup.service")
+    assert _setting(text, "ExecStart").startswith(f"{INSTALLED} create --all-instances ")
+    assert "$CGSNAP_BACKUP_OPTIONS" in _setting(text, "ExecStart")
+    assert _setting(text, "EnvironmentFile") == "-/etc/default/cgsnap-backup"
+    assert _setting(text, "KillMode") in (None, "control-group")
+    budget = (_default(libvirt_opts, "freeze_timeout")
+              + _default(snapshot_opts, "cleanup_timeout"))
+    assert float(_setting(text, "TimeoutStopSec")) > budget
+    # the shipped policy parses as the CLI would parse it
+    from cgsnap.cli import main as cli
+    policy = re.search(r'^CGSNAP_BACKUP_OPTIONS="(.*)"$',
+                       open(os.path.join(ROOT, "etc", "default", "cgsnap-backup")).read(),
+                       re.M).group(1)
+    args = cli._parser().parse_args(["create", "--all-instances", *policy.split()])
+    assert args.prune == {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
+
+
+def test_the_cron_example_runs_commands_the_cli_accepts():
+    from cgsnap.cli import main as cli
+    lines = [line for line in open(os.path.join(ROOT, "etc", "cron.d", "cgsnap"))
+             if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert len(lines) == 3
+    for line in lines:
+        words = line.split(">")[0].split()
+        argv = words[words.index("cgsnap") + 1:]
+        cli._parser().parse_args(argv)  # exits 2 (SystemExit) on a bad line
