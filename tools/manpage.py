@@ -51,6 +51,19 @@ def options(parser):
 
 
 def render():
+    # argparse wraps usage lines to the terminal: the page must not depend on it
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "80"
+    try:
+        return _render()
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+
+
+def _render():
     p = cli._parser()
     out = [f'.TH CGSNAP 1 "" "cgsnap {__version__}" "User Commands"\n',
            ".SH NAME\ncgsnap \\- instance\\-level, consistency\\-group snapshots of "
