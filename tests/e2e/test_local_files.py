@@ -103,6 +103,33 @@ def test_quotes_in_local_dir(real_guest):
     real_guest.wait_progress(rounds=2)
 
 
+def test_verify_finds_a_real_local_copy_changed_behind_cgsnaps_back(real_guest):
+    """Issue 14: verify reads the real local copies of a real guest's set (the
+    size and sha256 the create recorded after the thaw); one flipped byte in a
+    copy is drift, exit 9, naming the disk."""
+    real_guest.write_conf(local_disks="qcow2", clouds_yaml=CLOUDS)
+    rc, out, err = real_guest.cgsnap("create", "--all-volumes", real_guest.name, "-f", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    real_guest.wait_progress(rounds=2)
+    assert all(m.get("sha256") and m.get("size_bytes") for m in doc["members"]), doc["members"]
+    rc, out, err = real_guest.cgsnap("verify", doc["id"], "-f", "json")
+    assert rc == 0 and json.loads(out)[0]["result"] == "ok", (out, err)
+    victim = next(m for m in doc["members"] if m["device"] == "vdc")
+    with open(victim["path"], "r+b") as f:
+        f.seek(victim["size_bytes"] // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    rc, out, err = real_guest.cgsnap("verify", doc["id"], "-f", "json")
+    assert rc == 9, (out, err)
+    (row,) = json.loads(out)
+    assert row["result"] == "broken" and len(row["problems"]) == 1
+    assert row["problems"][0].startswith("vdc: local copy") and "sha256" in row["problems"][0]
+    assert err.count("\n") == 1 and doc["id"] in err
+    assert real_guest.cgsnap("delete", doc["id"])[0] == 0
+
+
 # -- QEMU as libvirt-qemu under the DAC driver (defect 10) ----------------------
 
 @pytest.fixture(scope="module")
