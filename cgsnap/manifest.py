@@ -57,7 +57,7 @@ def schema(version=SCHEMA_VERSION):
 
 def new(set_id, name, instance, members, options, root_excluded=False,
         excluded_volumes=(), skipped_disks=(), hypervisor_uri=None, idempotency_key=None,
-        labels=None):
+        labels=None, machine=None, parent=None):
     """A manifest in status ``creating`` (not yet sealed)."""
     now = isotime()
     return {
@@ -85,6 +85,8 @@ def new(set_id, name, instance, members, options, root_excluded=False,
         "idempotency_key": idempotency_key,
         "labels": dict(labels or {}),
         "protected": False,
+        "machine": copy.deepcopy(machine),
+        "parent": parent,
         "members": [dict(m) for m in members],
         "checksum": "sha256:" + "0" * 64,
     }

@@ -126,6 +126,9 @@ def _parser():
     ls = sub.add_parser("list", parents=[common], help="list snapshot sets")
     ls.add_argument("--instance", metavar="INSTANCE", help="only this instance (name or UUID)")
     ls.add_argument("--status", help="only sets in this status (available, failed, ...)")
+    ls.add_argument("--tree", action="store_true",
+                    help="with --instance: draw the instance's sets as a tree (each set under "
+                         "the one the instance came from); '* now' marks where it stands")
 
     sh = sub.add_parser("show", parents=[common],
                         help="show one set's manifest (checksum verified)")
@@ -308,6 +311,17 @@ def run(argv=None, stdout=None, stderr=None):
             finally:  # a failed set is a metric too
                 _write_metrics(api, stderr)
             output.emit_doc(args.format, doc, stdout, _summary(doc))
+        elif args.command == "list" and args.tree:
+            if not args.instance:
+                stderr.write("cgsnap: error: --tree needs --instance\n")
+                return exception.EXIT_USAGE
+            from cgsnap import settree
+            docs = [d for d in api.list_snapshot_sets(args.instance, args.status)
+                    if d["status"] != "corrupt"]
+            if args.format in ("json", "yaml"):
+                output.emit_doc(args.format, settree.nested(docs), stdout)
+            else:
+                stdout.write("".join(line + "\n" for line in settree.render(docs)))
         elif args.command == "list":
             docs = api.list_snapshot_sets(args.instance, args.status)
             output.emit_list(args.format, LIST_COLUMNS, [_list_row(d) for d in docs], stdout)

@@ -213,6 +213,61 @@ def domain_labels(dom):
             if el.tag.rpartition("}")[2] == "label" and el.get("key")}
 
 
+# Attributes and elements of a domain XML that hold secrets: a restore or a
+# clone never needs them from the manifest (the manifest is readable by whoever
+# may list sets).
+_SECRET_ATTRS = ("passwd",)
+_SECRET_ELEMENTS = ("secret", "auth", "launchSecurity")
+
+
+def domain_facts(domain_xml):
+    """``{"domain_xml", "vcpus", "memory_kib", "machine_type", "arch", "cpu",
+    "disks": [{"target", "bus", "device", "serial", "source", "format"}],
+    "nics": [{"mac", "type", "source", "model"}]}`` from a domain XML; the
+    XML kept has every secret removed (passwords, ``<secret>``, ``<auth>``,
+    launch security)."""
+    root = ET.fromstring(domain_xml)
+    for parent in root.iter():
+        for child in list(parent):
+            if child.tag in _SECRET_ELEMENTS:
+                parent.remove(child)
+        for attr in _SECRET_ATTRS:
+            parent.attrib.pop(attr, None)
+    os_type = root.find("./os/type")
+    cpu = root.find("./cpu")
+    disks = []
+    for d in root.findall("./devices/disk"):
+        src = d.find("source")
+        target, driver = d.find("target"), d.find("driver")
+        disks.append({
+            "target": target.get("dev") if target is not None else None,
+            "bus": target.get("bus") if target is not None else None,
+            "device": d.get("device", "disk"),
+            "serial": d.findtext("serial"),
+            "source": None if src is None else (src.get("file") or src.get("dev")
+                                                or src.get("name") or src.get("volume")),
+            "format": driver.get("type") if driver is not None else None})
+    nics = []
+    for n in root.findall("./devices/interface"):
+        mac, src, model = n.find("mac"), n.find("source"), n.find("model")
+        nics.append({"mac": mac.get("address") if mac is not None else None,
+                     "type": n.get("type"),
+                     "source": None if src is None else (src.get("bridge") or src.get("network")
+                                                         or src.get("dev")),
+                     "model": model.get("type") if model is not None else None})
+    memory = root.find("./memory")
+    kib = int(memory.text) * {"KiB": 1, "k": 1, "MiB": 1024, "M": 1024, "GiB": 1 << 20,
+                              "G": 1 << 20, "b": 1 / 1024, "bytes": 1 / 1024}.get(
+        memory.get("unit", "KiB"), 1) if memory is not None else None
+    return {"domain_xml": ET.tostring(root, encoding="unicode"),
+            "vcpus": int(root.findtext("vcpu") or 1),
+            "memory_kib": int(kib) if kib is not None else None,
+            "machine_type": os_type.get("machine") if os_type is not None else None,
+            "arch": os_type.get("arch") if os_type is not None else None,
+            "cpu": ET.tostring(cpu, encoding="unicode") if cpu is not None else None,
+            "disks": disks, "nics": nics}
+
+
 class LibvirtHypervisor:
     """:class:`cgsnap.drivers.base.Hypervisor` on libvirt."""
 
@@ -407,6 +462,19 @@ class LibvirtHypervisor:
         return {"vcpus": vcpus, "memory_mib": max_kib // 1024, "host_cpu": host_cpu,
                 "libvirt_version": _ver(conn.getLibVersion()),
                 "qemu_version": _ver(conn.getVersion())}
+
+    def domain_facts(self, instance_id):
+        """What a restore or a clone needs to rebuild the instance, read before
+        the freeze (manifest ``machine``): :func:`domain_facts` of the live XML,
+        with each disk's size from libvirt's block info where it can tell."""
+        dom = self._domain(instance_id)
+        facts = domain_facts(dom.XMLDesc(0))
+        for disk in facts["disks"]:
+            try:
+                disk["size_bytes"] = int(dom.blockInfo(disk["target"])[0])
+            except libvirt.libvirtError:
+                disk["size_bytes"] = None  # (the test driver's block devices have none)
+        return facts
 
     def snapshot_disks_external(self, instance_id, overlays, memory_file=None):
         """One atomic external snapshot of the disks in ``overlays``

@@ -42,7 +42,9 @@ class RecordSet(CgsnapTask):
             skipped_disks=skipped,
             hypervisor_uri=self.drivers.hypervisor.uri,
             idempotency_key=options.get("idempotency_key"),
-            labels=options.get("labels"))
+            labels=options.get("labels"),
+            machine=instance.get("machine"),
+            parent=_parent(cat, instance["id"]))
         return cat.create(doc)
 
     def revert(self, set_id, result, flow_failures=None, **kwargs):
@@ -54,6 +56,16 @@ class RecordSet(CgsnapTask):
             pass  # never recorded (e.g. a duplicate idempotency key): nothing to mark
         except Exception as e:
             LOG.error("revert: could not mark set %s failed: %s", set_id, e)
+
+
+def _parent(cat, instance_id):
+    """The set a new one follows: the newest available set of the instance.
+    (Once restore exists, the set the instance was last restored from.)"""
+    newest = None
+    for doc in cat.list(instance_id=instance_id, status=manifest_mod.STATUS_AVAILABLE):
+        if newest is None or doc["created_at"] > newest["created_at"]:
+            newest = doc
+    return newest["id"] if newest else None
 
 
 class FinalizeSet(CgsnapTask):

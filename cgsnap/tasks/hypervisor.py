@@ -22,9 +22,12 @@ class DiscoverInstance(CgsnapTask):
 
     def execute(self, instance_ref):
         self.fault_point()
-        instance = self.drivers.hypervisor.get_instance(instance_ref)
+        hyp = self.drivers.hypervisor
+        instance = hyp.get_instance(instance_ref)
         if not instance["disks"]:
             raise exception.Refused(f"instance {instance['name']} has no disks")
+        if hasattr(hyp, "domain_facts"):  # what a restore or a clone will need
+            instance["machine"] = hyp.domain_facts(instance["id"])
         return instance
 
 
