@@ -12,12 +12,14 @@ DOMAIN = """<domain type='kvm'>
   <name>web1</name><uuid>6f1d2c3e-8a7b-4c5d-9e0f-112233445566</uuid>
   <memory unit='MiB'>2048</memory><vcpu>4</vcpu>
   <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
-  <cpu mode='custom' match='exact'><model>Skylake-Client</model><feature policy='require' name='vmx'/></cpu>
+  <cpu mode='custom' match='exact'><model>Skylake-Client</model>
+    <feature policy='require' name='vmx'/></cpu>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
       <source file='/var/lib/libvirt/images/web1.qcow2'/><target dev='vda' bus='virtio'/></disk>
     <disk type='network' device='disk'><driver name='qemu' type='raw'/>
-      <auth username='cinder'><secret type='ceph' uuid='0a1b2c3d-0000-4000-8000-000000000001'/></auth>
+      <auth username='cinder'>
+        <secret type='ceph' uuid='0a1b2c3d-0000-4000-8000-000000000001'/></auth>
       <source protocol='rbd' name='volumes/volume-1'/><target dev='vdb' bus='virtio'/>
       <serial>1d2e3f40-aaaa-4bbb-8ccc-dddddddddddd</serial></disk>
     <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/>
