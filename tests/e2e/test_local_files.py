@@ -113,6 +113,11 @@ def test_verify_finds_a_real_local_copy_changed_behind_cgsnaps_back(real_guest):
     doc = json.loads(out)
     real_guest.wait_progress(rounds=2)
     assert all(m.get("sha256") and m.get("size_bytes") for m in doc["members"]), doc["members"]
+    # what a restore will need, read from the real libvirtd before the freeze
+    machine = doc["machine"]
+    assert [d["target"] for d in machine["disks"]] == ["vda", *DATA]
+    assert all(d["size_bytes"] and d["size_bytes"] > 0 for d in machine["disks"]), machine
+    assert machine["machine_type"] and machine["vcpus"] >= 1 and machine["memory_kib"] > 0
     rc, out, err = real_guest.cgsnap("verify", doc["id"], "-f", "json")
     assert rc == 0 and json.loads(out)[0]["result"] == "ok", (out, err)
     victim = next(m for m in doc["members"] if m["device"] == "vdc")
