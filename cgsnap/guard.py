@@ -435,17 +435,35 @@ def main(argv=None):  # python -I -m cgsnap.guard URI INSTANCE RECORD [AGENT_TIM
         remove_own_cgroups(made)
 
 
+def err_path(record):
+    """Where the guard process of ``record`` writes its stderr."""
+    return record[:-len(".json")] + ".err" if record.endswith(".json") else record + ".err"
+
+
 def _prune_records(directory):
+    """Keep the newest RECORD_KEEP records (and their .err files), none older
+    than RECORD_MAX_AGE_S."""
     try:
-        entries = [os.path.join(directory, n) for n in os.listdir(directory)
-                   if n.endswith(".json")]
+        names = os.listdir(directory)
+        entries = [os.path.join(directory, n) for n in names if n.endswith(".json")]
         entries.sort(key=os.path.getmtime, reverse=True)
     except OSError:
         return
     now = time.time()
+    kept = set()
     for i, path in enumerate(entries):
         try:
             if i >= RECORD_KEEP or now - os.path.getmtime(path) > RECORD_MAX_AGE_S:
+                os.remove(path)
+            else:
+                kept.add(err_path(path))
+        except OSError:
+            pass
+    for name in names:  # an .err whose record is gone; one of a guard just starting is young
+        path = os.path.join(directory, name)
+        try:
+            if name.endswith(".err") and path not in kept and \
+                    now - os.path.getmtime(path) > 3600:
                 os.remove(path)
         except OSError:
             pass
@@ -491,9 +509,18 @@ class Guard:
             argv = ["systemd-run", "--scope", "--quiet", "--collect",
                     f"--unit=cgsnap-guard-{os.getpid()}-{int(time.time() * 1000)}", *argv]
             env["CGSNAP_GUARD_SCOPE"] = "1"
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            start_new_session=True, cwd="/", env=env)
+        # The guard may outlive cgsnap (thawing after a kill, retrying while
+        # libvirtd restarts): it must not hold cgsnap's stderr, or whoever reads
+        # cgsnap's output to its end (cron, a pipe) waits for the guard.  What it
+        # might print (a crash) goes to a file beside its record.
+        err = os.open(err_path(self.record_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                      0o600)
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                bufsize=1, start_new_session=True, cwd="/", env=env)
+        finally:
+            os.close(err)
         self.pid = self.proc.pid
         self._send = lambda line: (self.proc.stdin.write(line + "\n"), self.proc.stdin.flush())
         self._readline = self._proc_readline

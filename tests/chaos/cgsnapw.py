@@ -89,6 +89,10 @@ def arm():
 
 
 def main():
+    import faulthandler
+    import signal
+    # the harness asks a create that hung for its stacks before it kills it
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     arm()
     from cgsnap.cli import main as cli
     sys.argv[0] = "cgsnap"

@@ -672,9 +672,15 @@ class Case:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # cgsnapw: every thread's stack, on stderr
+            time.sleep(1)
             proc.kill()
-            out, err = proc.communicate()
-            err += f"\nchaos: create hung for {timeout}s (killed)"
+            try:  # (a child that kept the pipes open must not hang the soak)
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                out, err = "", "chaos: the create's output pipes stayed open after the kill"
+            err += f"\nchaos: create hung for {timeout}s (killed; its stacks are above)"
+            log(f"    create {rec['name']} hung for {timeout}s: {err[-6000:]}")
         rec["rc"], rec["err"] = proc.returncode, err.strip()
         self.outputs.append(out + err)
         if proc.returncode == 0:

@@ -266,6 +266,21 @@ def test_guard_process_is_isolated_and_in_its_own_cgroup(proc_guard):
     assert not any(os.path.isdir(d) for d in dirs), "the guard left its cgroup behind"
 
 
+def test_the_guard_process_holds_none_of_its_callers_output(proc_guard, tmp_path):
+    """A guard that outlives cgsnap (thawing after a kill, retrying while
+    libvirtd restarts) must not keep cgsnap's stdout or stderr open: a cron
+    job, `cgsnap create | tee`, or anything reading cgsnap's output to its end
+    would wait for the guard (the chaos soak hung so, after a create it killed).
+    Its own stderr goes to a file beside its record."""
+    g = proc_guard()
+    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in (1, 2)}
+    its = {fd: os.readlink(f"/proc/{g.pid}/fd/{fd}") for fd in (1, 2)}
+    assert not set(its.values()) & mine, its
+    assert its[2] == str(tmp_path / "guards" / "p.err"), its
+    g.close()
+    assert g.proc.wait(5) == 0
+
+
 def test_sigterm_makes_an_armed_guard_thaw_then_exit(proc_guard, tmp_path):
     g = proc_guard()
     g.arm(60)
