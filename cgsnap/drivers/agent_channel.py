@@ -11,8 +11,12 @@ while libvirtd is still up and, only when a thaw through libvirt fails, speaks
 the agent's protocol on the socket itself:
 
 * a 0xFF byte first, which makes qemu-ga drop any half-read command;
-* ``guest-sync-delimited`` with a random id: qemu-ga puts a 0xFF before its
-  answer, so anything stale on the channel is skipped;
+* ``guest-sync`` with a random id; everything before its answer is stale
+  and skipped.  Never ``guest-sync-delimited``: its answer starts with a
+  0xFF, and an answer the guard stops waiting for is read by libvirtd when
+  it reconnects; libvirtd cannot parse it as JSON and marks the guest's
+  agent in error (``QEMU guest agent is not available due to an error``)
+  until the guest restarts;
 * then the command (``guest-fsfreeze-thaw`` or ``guest-fsfreeze-status``).
 
 The connection is closed at once after each call, so a libvirtd that comes
@@ -31,6 +35,7 @@ it, which keeps the address short (a unix socket path has 107 bytes).
 import json
 import os
 import random
+import re
 import socket
 import time
 import xml.etree.ElementTree as ET
@@ -86,11 +91,15 @@ def call(path, execute, timeout=1.0, pid=None):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
-            s.sendall(b"\xff" + _command("guest-sync-delimited", {"id": sync_id}))
+            # 0xFF resets qemu-ga's parser (a half-written command before us);
+            # plain guest-sync, never guest-sync-delimited: an answer we stop
+            # waiting for is read by libvirtd when it reconnects, and the 0xFF
+            # a delimited answer starts with is JSON libvirtd cannot parse: it
+            # then marks the guest's agent in error ("not available due to an
+            # error") until the guest restarts.
+            s.sendall(b"\xff" + _command("guest-sync", {"id": sync_id}))
             reader = _Reader(s, deadline)
-            reader.skip_to_delimiter()
-            if reader.answer() != sync_id:
-                raise ChannelError("guest-sync answered with another id")
+            reader.until_sync(sync_id)
             s.sendall(_command(execute))
             return reader.answer()
     except (OSError, ValueError) as e:
@@ -125,19 +134,25 @@ class _Reader:
             raise ChannelError("the channel closed")
         self.buf += data
 
-    def skip_to_delimiter(self):
-        while b"\xff" not in self.buf:
-            self.buf = b""
+    def _line(self):
+        while b"\n" not in self.buf:
             self._more()
-        self.buf = self.buf[self.buf.index(b"\xff") + 1:]
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.strip(b"\xff \r\t")
+
+    def until_sync(self, sync_id):
+        """Skip what is stale on the channel (half-read answers, an answer to
+        the 0xFF reset) up to guest-sync's answer with ``sync_id``."""
+        # (found inside a line too: the tail of an answer someone else half
+        # read may run into it)
+        answer = re.compile(rb'\{\s*"return"\s*:\s*%d\s*\}' % sync_id)
+        while not answer.search(self._line()):
+            pass
 
     def answer(self):
         """The next JSON answer's ``return``; an ``error`` answer raises."""
         while True:
-            while b"\n" not in self.buf:
-                self._more()
-            line, _, self.buf = self.buf.partition(b"\n")
-            line = line.strip(b"\xff \r\t")
+            line = self._line()
             if not line:
                 continue
             msg = json.loads(line)

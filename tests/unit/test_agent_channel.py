@@ -30,6 +30,7 @@ class FakeAgent(threading.Thread):
         self.path, self.stale, self.accept = path, stale, accept
         self.frozen = True
         self.commands = []
+        self.sent = b""  # every byte answered (what the next client may read)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         self.sock.listen(4)
@@ -55,9 +56,16 @@ class FakeAgent(threading.Thread):
                         conn.sendall(self.answer(json.loads(line)))
 
     def answer(self, cmd):
+        out = self._answer(cmd)
+        self.sent += out
+        return out
+
+    def _answer(self, cmd):
         self.commands.append(cmd["execute"])
         if cmd["execute"] == "guest-sync-delimited":
             return b"\xff" + json.dumps({"return": cmd["arguments"]["id"]}).encode() + b"\n"
+        if cmd["execute"] == "guest-sync":
+            return json.dumps({"return": cmd["arguments"]["id"]}).encode() + b"\n"
         if cmd["execute"] == "guest-fsfreeze-thaw":
             n, self.frozen = (4 if self.frozen else 0), False
             return json.dumps({"return": n}).encode() + b"\n"
@@ -88,6 +96,24 @@ def test_a_call_skips_what_is_stale_on_the_channel(agent_path):
         assert agent_channel.call(agent_path, "guest-fsfreeze-status") == "thawed"
     finally:
         agent.close()
+
+
+def test_what_the_agent_answers_cgsnap_is_json_libvirtd_can_parse(agent_path):
+    """An answer cgsnap does not wait for (its call timed out, libvirtd came
+    back) is read by libvirtd when it reconnects, and libvirtd parses every
+    line as JSON: the 0xFF before a guest-sync-delimited answer made it log
+    `cannot parse json \\xff{"return": ...}` and mark the guest's agent in
+    error until the guest restarts (the chaos soak's rg_libvirtd_restart)."""
+    agent = FakeAgent(agent_path)
+    agent.start()
+    try:
+        assert agent_channel.call(agent_path, "guest-fsfreeze-thaw") == 4
+        assert agent_channel.call(agent_path, "guest-fsfreeze-status") == "thawed"
+    finally:
+        agent.close()
+    assert "guest-sync-delimited" not in agent.commands
+    for line in agent.sent.splitlines():
+        json.loads(line.decode("utf-8"))  # libvirtd's virJSONValueFromString
 
 
 def test_a_channel_held_by_libvirtd_times_out_quickly(agent_path):
