@@ -82,12 +82,11 @@ def create_snapshot_set(instance_ref, name=None, all_volumes=True, exclude_volum
             raise exception.Refused(f"{refused}; nothing was frozen or recorded")
         try:
             doc = _create(cat, drv, instance, set_id, options, idempotency_key)
-        except exception.CgsnapError as e:
-            _post_hook_after_failure(cat, set_id, instance, labels, e.exit_code, str(e))
-            raise
-        except BaseException as e:
-            _post_hook_after_failure(cat, set_id, instance, labels, exception.EXIT_ERROR,
-                                     f"{type(e).__name__}: {e}")
+        except BaseException as e:  # the post-hook runs after every create
+            error = str(e) if isinstance(e, exception.CgsnapError) else \
+                f"{type(e).__name__}: {e}"
+            _post_hook_after_failure(cat, set_id, instance, labels,
+                                     getattr(e, "exit_code", exception.EXIT_ERROR), error)
             raise
         if doc["id"] == set_id:  # (not a set an idempotent retry found)
             hooks.post_create(set_id, instance, labels, doc["status"], doc.get("consistency"))
